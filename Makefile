@@ -1,0 +1,45 @@
+# U-Net Lens. `make run` sets up .venv and starts the dashboard on the shipped demo;
+# `make test` sets up .venv and runs the whole test suite.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: run test lint demo xbd bench clean
+
+$(STAMP): requirements.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m app serve
+
+test: $(STAMP)
+	$(BIN)/ruff check app tests bench
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench
+
+# Rebuild the shipped demo (synthetic data → model → embeddings → maps) from scratch.
+demo: $(STAMP)
+	$(BIN)/python -m app demo
+
+# Train and evaluate on the shared xBD scenes (not committed; see README).
+XBD ?= ../shared/data/xbd
+xbd: $(STAMP)
+	$(BIN)/python -m app make-dataset --source xbd --root $(XBD) --name xbd --tile-size 256 --downscale 2
+	$(BIN)/python -m app train --dataset datasets/xbd --run-id xbd-light --max-minutes 28 --epochs 60 --patience 8
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf datasets .cache

@@ -1,0 +1,6 @@
+"""``python -m app <command>``."""
+
+from app.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,271 @@
+"""Command line: ``python -m app <command> --help``.
+
+Every command exits 0 on success and 2 with a one-line ``error: ...`` on bad input, so scripts
+and CI can rely on it. Heavy modules are imported inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from app import config
+
+
+def _source_scenes(args: argparse.Namespace, report):
+    """Scenes of the requested source, lazily."""
+    if args.source == "synthetic":
+        from app.data.synthetic import iter_synthetic
+
+        return iter_synthetic(args.n_locations, seed=args.seed, size=args.scene_size)
+    if args.root is None:
+        raise ValueError(f"--root is required for --source {args.source}.")
+    if args.source == "xbd":
+        from app.data.xbd import iter_xbd
+
+        return iter_xbd(Path(args.root), report=report)
+    from app.data.folders import iter_folder
+
+    return iter_folder(Path(args.root), report=report)
+
+
+def cmd_make_dataset(args: argparse.Namespace) -> int:
+    from app.data.base import LoadReport
+    from app.data.dataset import write_dataset
+
+    report = LoadReport()
+    out = Path(args.out) if args.out else config.DATASETS_DIR / args.name
+    scenes = _source_scenes(args, report)
+    params = {"n_locations": args.n_locations, "scene_size": args.scene_size}
+    if args.root:
+        params["source_root"] = str(args.root)
+    if args.downscale != 1:
+        scenes = _downscaled(scenes, args.downscale)
+        params["downscale"] = args.downscale
+    path = write_dataset(
+        scenes, out, name=args.name, source=args.source, tile_size=args.tile_size,
+        overlap=args.overlap, seed=args.seed, report=report, params=params,
+    )
+    print(f"dataset written to {path}")
+    print(report.summary())
+    return 0
+
+
+def _downscaled(scenes, factor: int):
+    """Shrink scenes by an integer factor (e.g. xBD 1024² → 512² to train on CPU)."""
+    import numpy as np
+    from PIL import Image
+
+    from app.data.base import Building, Scene
+
+    for s in scenes:
+        h, w = s.image.shape[:2]
+        size = (w // factor, h // factor)
+        image = np.asarray(Image.fromarray(s.image).resize(size, Image.Resampling.BOX))
+        mask = None
+        if s.mask is not None:
+            mask = (np.asarray(Image.fromarray(s.mask * 255).resize(size, Image.Resampling.BOX)) >= 128).astype(np.uint8)
+        buildings = [
+            Building(b.uid, tuple((x / factor, y / factor) for x, y in b.polygon), b.damage)
+            for b in s.buildings
+        ]
+        meta = dict(s.meta)
+        if isinstance(meta.get("gsd"), (int, float)):
+            meta["gsd"] = float(meta["gsd"]) * factor
+        meta["downscale"] = factor
+        yield Scene(s.scene_id, s.source, image, mask, buildings, meta, s.group)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from app.ml.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.lr, patience=args.patience, seed=args.seed, crop=args.crop,
+        steps_per_epoch=args.steps_per_epoch, max_minutes=args.max_minutes,
+    )
+    path, metrics = train(Path(args.dataset), args.run_id, cfg, verbose=2)
+    test = metrics["test"]
+    print(f"model written to {path}")
+    print(
+        f"held-out {metrics['test_split']} pixels: precision {test['precision']:.3f}  "
+        f"recall {test['recall']:.3f}  F1 {test['f1']:.3f}  IoU {test['iou']:.3f}  "
+        f"({metrics['epochs_run']} epochs, {metrics['train_seconds']:.0f} s on "
+        f"{', '.join(metrics['devices'])})"
+    )
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from app.pipeline import run_embed
+
+    path = run_embed(
+        args.model_run, Path(args.dataset), args.run_id, layer=args.layer,
+        representation=args.representation, splits=args.splits, limit=args.limit,
+        batch_size=args.batch_size, random_state=args.seed,
+    )
+    print(f"embeddings written to {path}")
+    return 0
+
+
+def cmd_reduce(args: argparse.Namespace) -> int:
+    from app.pipeline import run_reduce
+
+    path = run_reduce(
+        args.run_id, methods=tuple(args.methods), k_values=range(args.k_min, args.k_max + 1),
+        k=args.k, random_state=args.seed,
+    )
+    print(f"maps and clusters written to {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The shipped demo, end to end: synthetic scenes → tiles → model → embeddings → maps."""
+    ns = argparse.Namespace
+    out = config.DATASETS_DIR / "demo-synthetic"
+    cmd_make_dataset(ns(
+        source="synthetic", root=None, out=str(out), name="demo-synthetic",
+        n_locations=args.n_locations, scene_size=1024, seed=args.seed, tile_size=256,
+        overlap=0, downscale=1,
+    ))
+    cmd_train(ns(
+        dataset=str(out), run_id=config.DEMO_MODEL_RUN, preset="light", epochs=args.epochs,
+        batch_size=8, lr=1e-3, patience=6, seed=args.seed, crop=None,
+        steps_per_epoch=None, max_minutes=args.max_minutes,
+    ))
+    cmd_embed(ns(
+        model_run=config.DEMO_MODEL_RUN, dataset=str(out), run_id=config.DEMO_EMBEDDINGS_RUN,
+        layer="bottleneck", representation="gap", splits=None, limit=None, batch_size=16,
+        seed=args.seed,
+    ))
+    cmd_reduce(ns(
+        run_id=config.DEMO_EMBEDDINGS_RUN, methods=["pca", "tsne", "umap"], k_min=2, k_max=10,
+        k=None, seed=args.seed,
+    ))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.model_run:
+        os.environ["UNET_LENS_MODEL_RUN"] = args.model_run
+    if args.embeddings_run:
+        os.environ["UNET_LENS_EMBEDDINGS_RUN"] = args.embeddings_run
+    if args.workers > 1:
+        return _serve_gunicorn(args)
+    from app.web.main import create_app
+
+    dash_app = create_app(model_run=args.model_run, embeddings_run=args.embeddings_run)
+    print(f"U-Net Lens on http://{args.host}:{args.port}/", flush=True)
+    dash_app.run(host=args.host, port=args.port, debug=False)
+    return 0
+
+
+def _serve_gunicorn(args: argparse.Namespace) -> int:
+    argv = [
+        sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind",
+        f"{args.host}:{args.port}", "--timeout", "120", "app.web.main:server",
+    ]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from app import artifacts
+
+    print("model runs:", ", ".join(artifacts.list_runs(config.MODEL_STORE)) or "(none)")
+    print("embeddings runs:", ", ".join(artifacts.list_runs(config.EMBEDDINGS_DIR)) or "(none)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="U-Net Lens: datasets → U-Net → embeddings → maps → dashboard.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    p = sub.add_parser("make-dataset", help="cut scenes into a tile dataset with a split")
+    p.add_argument("--source", choices=["synthetic", "xbd", "folder"], default="synthetic")
+    p.add_argument("--root", help="source folder (xbd: images/ + labels/; folder: images/ + masks/)")
+    p.add_argument("--name", default="synthetic", help="dataset name (default: %(default)s)")
+    p.add_argument("--out", help="output folder (default: datasets/<name>)")
+    p.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post scene pairs")
+    p.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side in pixels")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=0)
+    p.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor first")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_dataset)
+
+    p = sub.add_parser("train", help="train a U-Net on a tile dataset into model_store/")
+    p.add_argument("--dataset", required=True, help="a make-dataset output folder")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--preset", choices=["light", "seed"], default="light")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--crop", type=int, default=None, help="random training crop size")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="extract layer embeddings, masks, metrics and thumbnails")
+    p.add_argument("--model-run", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--layer", default="bottleneck")
+    p.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"], default="gap")
+    p.add_argument("--splits", nargs="*", default=None, help="only these splits")
+    p.add_argument("--limit", type=int, default=None, help="at most this many tiles")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("reduce", help="PCA / t-SNE / UMAP maps and a K-means sweep of a run")
+    p.add_argument("run_id")
+    p.add_argument("--methods", nargs="+", default=["pca", "tsne", "umap"])
+    p.add_argument("--k-min", type=int, default=2)
+    p.add_argument("--k-max", type=int, default=10)
+    p.add_argument("--k", type=int, default=None, help="chosen k (default: best silhouette)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_reduce)
+
+    p = sub.add_parser("demo", help="build the shipped demo: synthetic data, model, embeddings")
+    p.add_argument("--n-locations", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--max-minutes", type=float, default=25.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="start the dashboard")
+    p.add_argument("--host", default=config.HOST)
+    p.add_argument("--port", type=int, default=config.PORT)
+    p.add_argument("--model-run", default=None)
+    p.add_argument("--embeddings-run", default=None)
+    p.add_argument("--workers", type=int, default=1, help=">1 runs gunicorn")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("runs", help="list stored model and embeddings runs")
+    p.set_defaults(func=cmd_runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from app.artifacts import ArtifactError
+    from app.data.base import DatasetError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ArtifactError, DatasetError, ValueError, FileNotFoundError, KeyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,35 @@
+"""Paths and defaults. Every value can be overridden by an environment variable (``UNET_LENS_*``)
+and most by a CLI flag."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _path(env: str, default: Path) -> Path:
+    value = os.environ.get(env)
+    return Path(value).expanduser().resolve() if value else default
+
+
+MODEL_STORE = _path("UNET_LENS_MODEL_STORE", REPO_ROOT / "model_store")
+EMBEDDINGS_DIR = _path("UNET_LENS_EMBEDDINGS", REPO_ROOT / "embeddings")
+DATASETS_DIR = _path("UNET_LENS_DATASETS", REPO_ROOT / "datasets")
+CACHE_DIR = _path("UNET_LENS_CACHE_DIR", REPO_ROOT / ".cache" / "flask")
+ASSETS_DIR = REPO_ROOT / "assets"
+
+#: Shared real imagery (never committed); tests skip when absent.
+SHARED_DATA = _path("UNET_LENS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+
+#: The shipped demo: model and embeddings runs committed to the repository.
+DEMO_MODEL_RUN = "demo-light"
+DEMO_EMBEDDINGS_RUN = "demo-light-bottleneck"
+
+HOST = os.environ.get("UNET_LENS_HOST", "127.0.0.1")
+PORT = int(os.environ.get("UNET_LENS_PORT", "8050"))
+
+#: Upload limits: bytes on the wire and decoded pixels (decompression-bomb guard).
+MAX_UPLOAD_BYTES = int(os.environ.get("UNET_LENS_MAX_UPLOAD_BYTES", str(20 * 1024 * 1024)))
+MAX_IMAGE_PIXELS = int(os.environ.get("UNET_LENS_MAX_IMAGE_PIXELS", str(8192 * 8192)))

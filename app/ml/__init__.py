@@ -1,0 +1,1 @@
+"""Machine learning: plain Python + Keras/TF/scikit-learn. Imports no Dash or Flask."""

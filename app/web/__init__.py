@@ -1,0 +1,1 @@
+"""The Dash dashboard. Pages hold no ML; they call ``app.ml`` and ``app.artifacts``."""
