@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ))
     cmd_train(ns(
         dataset=str(out), run_id=config.DEMO_MODEL_RUN, preset="light", epochs=args.epochs,
-        batch_size=8, lr=1e-3, patience=6, seed=args.seed, crop=None,
+        batch_size=8, lr=1e-3, patience=8, seed=args.seed, crop=128,
         steps_per_epoch=None, max_minutes=args.max_minutes,
     ))
     cmd_embed(ns(
@@ -235,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reduce)
 
     p = sub.add_parser("demo", help="build the shipped demo: synthetic data, model, embeddings")
-    p.add_argument("--n-locations", type=int, default=24)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--max-minutes", type=float, default=25.0)
+    p.add_argument("--n-locations", type=int, default=20, help="pre/post scene pairs")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--max-minutes", type=float, default=20.0, help="training time budget")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
