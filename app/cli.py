@@ -48,8 +48,16 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
         scenes, out, name=args.name, source=args.source, tile_size=args.tile_size,
         overlap=args.overlap, seed=args.seed, report=report, params=params,
     )
-    print(f"dataset written to {path}")
-    print(report.summary())
+    import json
+
+    counts = json.loads((path / "manifest.json").read_text())["counts"]
+    print(
+        f"dataset written to {path}: {counts['scenes']} scenes, {counts['tiles']} tiles "
+        f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
+        f"{counts['skipped']} files skipped"
+    )
+    for file, reason in report.skipped[:20]:
+        print(f"  skipped {file}: {reason}")
     return 0
 
 

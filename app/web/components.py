@@ -1,0 +1,338 @@
+"""HTML building blocks shared by the pages: tooltip, tile cards, gallery, detail panel, cluster
+cards, tables. Pure functions of plain data (records from ``analysis``), so they unit-test
+without a server. Images are ``<img src="/img/...">`` URLs, never inline data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+from dash import dcc, html
+
+from app.web import ids
+from app.web.analysis import DAMAGE_COLOURS, DAMAGE_ORDER, cluster_colour
+from app.web.images import img_url
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for display ("–" when missing)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def pct(value: Any, digits: int = 1) -> str:
+    """A fraction as a percentage ("–" when missing)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value * 100:.{digits}f} %"
+
+
+def empty_state(title: str, body: str | Sequence[Any] = "", cid: str | None = None) -> html.Div:
+    """A friendly placeholder box."""
+    kwargs = {"id": cid} if cid else {}
+    return html.Div([html.Div(title, className="empty-title"), html.Div(body, className="empty-body")],
+                    className="empty-state", **kwargs)
+
+
+def img(run_id: str, kind: str, tile_id: str, version: str, alt: str, cls: str = "") -> html.Img:
+    """An image of a tile served by the id route."""
+    return html.Img(src=img_url(run_id, kind, tile_id, version), alt=alt, className=cls,
+                    draggable="false")
+
+
+def _stat(label: str, value: str, cls: str = "") -> html.Div:
+    return html.Div([html.Span(label, className="stat-label"),
+                     html.Span(value, className=f"stat-value {cls}".strip())], className="stat")
+
+
+def damage_bar(damage: dict[str, int], show_legend: bool = False) -> html.Div:
+    """A thin stacked bar of damage classes (counts of buildings), with hover titles."""
+    total = sum(damage.values())
+    if total <= 0:
+        return html.Div("no damage labels", className="damage-none")
+    order = [d for d in DAMAGE_ORDER if d in damage] + [d for d in damage if d not in DAMAGE_ORDER]
+    segments = [
+        html.Span(className="damage-seg", title=f"{name}: {damage[name]:,} ({damage[name] / total:.0%})",
+                  style={"width": f"{damage[name] / total * 100:.2f}%",
+                         "background": DAMAGE_COLOURS.get(name, "#999")})
+        for name in order if damage[name] > 0
+    ]
+    children: list[Any] = [html.Div(segments, className="damage-bar", role="img",
+                                    **{"aria-label": "damage class mix"})]
+    if show_legend:
+        children.append(html.Div([
+            html.Span([html.I(style={"background": DAMAGE_COLOURS.get(name, "#999")}),
+                       f"{name} {damage[name]:,}"], className="damage-key")
+            for name in order if damage[name] > 0
+        ], className="damage-legend"))
+    return html.Div(children, className="damage")
+
+
+def tooltip(run_id: str, version: str, rec: dict[str, Any]) -> html.Div:
+    """Hover card: thumbnail + overlay, id, context and the tile's metrics."""
+    tid = rec["tile_id"]
+    meta = " · ".join(str(rec[k]) for k in ("phase", "disaster", "split") if rec.get(k))
+    stats = [
+        _stat("IoU", fmt(rec.get("iou"))),
+        _stat("Precision", fmt(rec.get("precision"))),
+        _stat("Recall", fmt(rec.get("recall"))),
+        _stat("True bldg", pct(rec.get("true_fraction"))),
+        _stat("Pred bldg", pct(rec.get("pred_fraction"))),
+    ]
+    if rec.get("cluster") is not None:
+        stats.append(_stat("Cluster", str(rec["cluster"])))
+    children: list[Any] = [
+        html.Div([
+            html.Figure([img(run_id, "thumb", tid, version, f"tile {tid}", "tip-img"),
+                         html.Figcaption("tile")]),
+            html.Figure([img(run_id, "overlay", tid, version, f"overlay {tid}", "tip-img"),
+                         html.Figcaption("overlay")]),
+        ], className="tip-images"),
+        html.Div(tid, className="tip-id"),
+        html.Div(meta, className="tip-meta") if meta else None,
+        html.Div(stats, className="stats tip-stats"),
+    ]
+    if any(rec.get("damage", {}).values()):
+        children.append(html.Div("Buildings by damage class", className="stat-label tip-dmg"))
+        children.append(damage_bar(rec["damage"], show_legend=True))
+    return html.Div([c for c in children if c is not None], className="tip")
+
+
+def tile_card(
+    run_id: str, version: str, rec: dict[str, Any], context: str, *, note: str = "",
+    overlay: bool = True, active: bool = False,
+) -> html.Button:
+    """A clickable tile card (pattern-matching id ``{"type": TILE_CARD, "index": "ctx|id"}``)."""
+    tid = rec["tile_id"]
+    images = [img(run_id, "thumb", tid, version, f"tile {tid}", "card-img")]
+    if overlay:
+        images.append(img(run_id, "overlay", tid, version, f"overlay {tid}", "card-img"))
+    foot = [html.Span(f"IoU {fmt(rec.get('iou'), 2)}", className="card-metric")]
+    if note:
+        foot.append(html.Span(note, className="card-note"))
+    return html.Button(
+        [html.Div(images, className="card-images"), html.Div(tid, className="card-id", title=tid),
+         html.Div(foot, className="card-foot")],
+        id={"type": ids.TILE_CARD, "index": f"{context}|{tid}"},
+        className="tile-card" + (" active" if active else ""), n_clicks=0, title=f"Inspect {tid}",
+    )
+
+
+def tile_link_card(run_id: str, version: str, rec: dict[str, Any]) -> dcc.Link:
+    """A tile card that opens the tile on the explore page (``/?tile=<id>``)."""
+    tid = rec["tile_id"]
+    return dcc.Link(
+        [html.Div([img(run_id, "thumb", tid, version, f"tile {tid}", "card-img"),
+                   img(run_id, "overlay", tid, version, f"overlay {tid}", "card-img")],
+                  className="card-images"),
+         html.Div(tid, className="card-id", title=tid),
+         html.Div([html.Span(f"IoU {fmt(rec.get('iou'), 2)}", className="card-metric"),
+                   html.Span(pct(rec.get("true_fraction"), 0) + " bldg", className="card-note")],
+                  className="card-foot")],
+        href="/?" + urlencode({"tile": tid, "run": run_id}), className="tile-card",
+        title=f"Open {tid} on the explore page",
+    )
+
+
+def gallery_block(prefix: str, title: str = "") -> html.Section:
+    """An empty paginated gallery: header (title, pager) and grid, filled by callbacks."""
+    g = ids.gallery_ids(prefix)
+    return html.Section([
+        html.Div([
+            html.Div(title, id=g["title"], className="gallery-title"),
+            html.Div([
+                html.Button("‹ Prev", id=g["prev"], n_clicks=0, className="btn btn-ghost",
+                            disabled=True),
+                html.Span("", id=g["label"], className="page-label"),
+                html.Button("Next ›", id=g["next"], n_clicks=0, className="btn btn-ghost",
+                            disabled=True),
+            ], className="pager"),
+        ], className="gallery-head"),
+        html.Div(id=g["grid"], className="card-grid"),
+        dcc.Store(id=g["page"], data=0),
+    ], className="panel gallery", id=f"{prefix}-section")
+
+
+def pager_state(page: int, n_pages: int, n_items: int, per_page: int) -> tuple[str, bool, bool]:
+    """(label, prev disabled, next disabled) of a gallery pager."""
+    if n_items == 0:
+        return "", True, True
+    first, last = page * per_page + 1, min(n_items, (page + 1) * per_page)
+    return f"{first:,}–{last:,} of {n_items:,} · page {page + 1} / {n_pages}", page <= 0, page >= n_pages - 1
+
+
+def detail_panel(
+    run_id: str, version: str, rec: dict[str, Any], neighbours: list[tuple[dict[str, Any], float]],
+    *, metric: str, dims: int, has_image: bool = True, has_true: bool = True,
+) -> html.Div:
+    """The clicked tile: large image, masks, metrics and its nearest neighbours (clickable)."""
+    tid = rec["tile_id"]
+    meta = [html.Span(str(rec[k]), className="chip") for k in ("phase", "disaster", "split", "scene_id")
+            if rec.get(k)]
+    big_kind = "image" if has_image else "thumb"
+
+    def fig(kind: str, label: str, cls: str = "mask-img") -> html.Figure:
+        return html.Figure([img(run_id, kind, tid, version, f"{label} {tid}", cls),
+                            html.Figcaption(label, className="img-badge")])
+
+    images = [
+        html.Figure([img(run_id, big_kind, tid, version, f"tile {tid}", "detail-img"),
+                     html.Figcaption("tile", className="img-badge")], className="detail-main"),
+        fig("true", "true mask") if has_true else None,
+        fig("pred", "predicted"),
+        fig("overlay", "errors"),
+    ]
+    stats = [
+        _stat("IoU", fmt(rec.get("iou"))), _stat("F1", fmt(rec.get("f1"))),
+        _stat("Precision", fmt(rec.get("precision"))), _stat("Recall", fmt(rec.get("recall"))),
+        _stat("True bldg", pct(rec.get("true_fraction"))),
+        _stat("Pred bldg", pct(rec.get("pred_fraction"))),
+        _stat("Buildings", fmt(rec.get("building_count"))),
+        _stat("Cluster", fmt(rec.get("cluster"))),
+        _stat("Silhouette", fmt(rec.get("silhouette"), 2)),
+    ]
+    score_name = "cos" if metric == "cosine" else "dist"
+    cards = [
+        tile_card(run_id, version, nrec, "nb", note=f"{score_name} {score:.3f}", overlay=False)
+        for nrec, score in neighbours
+    ]
+    space = f"{dims}-d embedding" if dims else "embedding"
+    return html.Div([
+        html.Div([
+            html.Div([html.H3(tid, className="detail-id"), html.Div(meta, className="chips")]),
+            dcc.Link("Explain this tile →", href="/explain?" + urlencode({"tile": tid, "run": run_id}),
+                     className="btn btn-primary", id="explain-link"),
+        ], className="detail-head"),
+        html.Div([i for i in images if i is not None], className="detail-images"),
+        overlay_legend(),
+        html.Div(stats, className="stats detail-stats"),
+        html.Div([html.Span("Buildings by damage class", className="stat-label"),
+                  damage_bar(rec["damage"], show_legend=True)], className="detail-damage")
+        if any(rec.get("damage", {}).values()) else None,
+        html.Div([
+            html.Span("Nearest neighbours", className="subhead"),
+            html.Span(f"{metric} in the original {space} space, not the 2-D map",
+                      className="subhead-note"),
+        ], className="subhead-row"),
+        html.Div(cards, className="card-grid neighbours", id="explore-neighbours"),
+    ], className="detail")
+
+
+def overlay_legend() -> html.Div:
+    """Key of the error overlay's colours (true positive / false positive / false negative)."""
+    try:
+        from app.ml.metrics import ERROR_COLOURS  # numpy only, no TensorFlow
+    except ImportError:  # pragma: no cover - the colours of app.ml.metrics at the time of writing
+        ERROR_COLOURS = {"tp": (240, 240, 240), "fp": (213, 94, 0), "fn": (0, 114, 178)}
+    names = {"tp": "correct building (TP)", "fp": "false alarm (FP)", "fn": "missed (FN)"}
+    return html.Div([html.Span("errors:", className="legend-title")] + [
+        html.Span([html.I(style={"background": "rgb({},{},{})".format(*ERROR_COLOURS[key])}),
+                   names[key]], className="damage-key")
+        for key in ("tp", "fp", "fn") if key in ERROR_COLOURS
+    ], className="damage-legend overlay-legend")
+
+
+def cluster_card(
+    summary: dict[str, Any], run_id: str, version: str, *, selected: bool = False,
+) -> html.Button:
+    """One cluster: size, mean metrics, damage mix and the tiles nearest its centroid."""
+    c = summary["cluster"]
+    means = summary["means"]
+    colour = cluster_colour(c)
+    thumbs = [img(run_id, "thumb", tid, version, f"tile {tid}", "cluster-thumb")
+              for tid in summary["nearest"]]
+    return html.Button([
+        html.Div([
+            html.Span(className="swatch", style={"background": colour}),
+            html.Span(f"Cluster {c}", className="cluster-name"),
+            html.Span(f"{summary['size']:,} tiles · {summary['share']:.0%}", className="cluster-size"),
+        ], className="cluster-head"),
+        html.Div([
+            _stat("True bldg", pct(means.get("true_fraction"))),
+            _stat("Pred bldg", pct(means.get("pred_fraction"))),
+            _stat("IoU", fmt(means.get("iou"), 2)),
+            _stat("Precision", fmt(means.get("precision"), 2)),
+            _stat("Recall", fmt(means.get("recall"), 2)),
+            _stat("F1", fmt(means.get("f1"), 2)),
+        ], className="stats cluster-stats", title="means over the cluster's tiles"),
+        html.Div([html.Span("Buildings by damage class", className="stat-label"),
+                  damage_bar(summary.get("damage", {}))], className="cluster-damage"),
+        html.Div(thumbs, className="cluster-thumbs", title="tiles nearest the centroid"),
+    ], id={"type": ids.CLUSTER_CARD, "index": c}, n_clicks=0,
+        className="cluster-card" + (" selected" if selected else ""),
+        style={"--accent": colour}, title=f"Show the tiles of cluster {c}")
+
+
+AGREEMENT_HEADERS = {
+    "k": "k", "silhouette": "silhouette", "precision": "precision", "recall": "recall",
+    "f1": "F1", "accuracy": "accuracy", "purity": "purity", "ari": "ARI", "nmi": "NMI",
+}
+#: Columns left out of the table (shown elsewhere, or the table's own selector).
+AGREEMENT_HIDDEN = ("label", "inertia")
+
+
+def agreement_table(rows: list[dict[str, Any]], current_k: int | None = None) -> html.Div:
+    """The per-k table: silhouette and precision / recall (etc.) of clusters vs a label."""
+    if not rows:
+        return empty_state("No cluster-vs-label table",
+                           "This run stores no sweep labels or no truth masks to compare with.")
+    keys: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in keys and key not in AGREEMENT_HIDDEN:
+                keys.append(key)
+    columns = [k for k in AGREEMENT_HEADERS if k in keys] + [
+        k for k in keys if k not in AGREEMENT_HEADERS
+    ]
+    head = html.Thead(html.Tr([html.Th(AGREEMENT_HEADERS.get(c, c.replace("_", " ")))
+                               for c in columns]))
+    body = []
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            if isinstance(value, float):
+                text = fmt(value)
+            elif isinstance(value, (dict, list)):
+                text = "…"
+            else:
+                text = "–" if value is None else str(value)
+            cells.append(html.Td(text, className="num" if isinstance(value, (int, float)) else ""))
+        is_current = current_k is not None and str(row.get("k")) == str(current_k)
+        body.append(html.Tr(cells, className="current" if is_current else ""))
+    return html.Div(html.Table([head, html.Tbody(body)], className="table"), className="table-wrap")
+
+
+def event_tile_id(event: Any) -> str | None:
+    """The tile id (``customdata``) of the first point of a Plotly hover/click event."""
+    try:
+        value = event["points"][0]["customdata"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+def hover_tooltip(hover_data: Any, run_id: str | None) -> tuple[bool, Any, Any]:
+    """(show, bbox, children) of a map's ``dcc.Tooltip`` for a hover event: a dictionary
+    lookup by id and a few HTML elements, no figure rebuild and no model call."""
+    from dash import no_update
+
+    from app.web import state
+    from app.web.analysis import tile_record
+
+    tid = event_tile_id(hover_data)
+    run = state.get_run(run_id)
+    if tid is None or run is None or tid not in run.index:
+        return False, no_update, no_update
+    bbox = hover_data["points"][0].get("bbox")
+    if not isinstance(bbox, dict):
+        return False, no_update, no_update
+    rec = tile_record(run.tiles, run.index[tid])
+    return True, bbox, tooltip(run.run_id, state.run_version(run), rec)

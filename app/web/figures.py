@@ -1,0 +1,380 @@
+"""Pure Plotly figure builders (no Dash state, no I/O): unit-testable on plain arrays.
+
+Maps are one WebGL ``Scattergl`` trace of all tiles (trace 0) whose ``customdata`` is the tile
+id, a highlight ring (trace 1) and ``MAX_LEGEND`` legend-only traces (categorical colouring).
+Coordinates and colours travel as float32 / int16 typed arrays (base64, ~5.3 bytes per value),
+and re-colouring or moving the highlight is a ``dash.Patch`` that touches only those arrays.
+No figure ever embeds an image.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.colors as pcolors
+import plotly.graph_objects as go
+from dash import Patch
+
+from app.web.analysis import MAX_CATEGORIES, ColourSpec, cluster_colour
+
+MAX_LEGEND = MAX_CATEGORIES
+MAIN, HIGHLIGHT, LEGEND0 = 0, 1, 2
+FONT = "Inter, system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
+INK, MUTED, GRID = "#1f2933", "#66727f", "#e9edf1"
+NAN_COLOUR = "#c4c9d0"
+#: Share of a continuous colour bar given to "no value" (grey, below the minimum).
+NAN_BAND = 0.06
+
+TEMPLATE = go.layout.Template(
+    layout={
+        "font": {"family": FONT, "size": 12, "color": INK},
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "#ffffff",
+        "colorway": ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"],
+        "xaxis": {"gridcolor": GRID, "zeroline": False, "linecolor": "#cfd6dd",
+                  "ticks": "", "title": {"font": {"size": 12, "color": MUTED}}},
+        "yaxis": {"gridcolor": GRID, "zeroline": False, "linecolor": "#cfd6dd",
+                  "ticks": "", "title": {"font": {"size": 12, "color": MUTED}}},
+        "title": {"font": {"size": 14, "color": INK}, "x": 0.0, "xanchor": "left",
+                  "xref": "paper"},
+        "hoverlabel": {"font": {"family": FONT}},
+        "modebar": {"bgcolor": "rgba(255,255,255,0.85)", "color": "#9aa5b1",
+                    "activecolor": "#2f6fde"},
+    }
+)
+GRAPH_CONFIG: dict[str, Any] = {
+    "displaylogo": False,
+    "scrollZoom": True,
+    "modeBarButtonsToRemove": ["autoScale2d"],
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+}
+SMALL_GRAPH_CONFIG: dict[str, Any] = {**GRAPH_CONFIG, "displayModeBar": False}
+
+
+def typed(arr: np.ndarray) -> dict[str, str]:
+    """A numpy array as a plotly.js typed-array spec (what Plotly does for figures; needed in
+    ``Patch`` values, which skip Plotly's validators)."""
+    arr = np.ascontiguousarray(arr)
+    dtype = {"float32": "f4", "float64": "f8", "int8": "i1", "int16": "i2", "int32": "i4",
+             "uint8": "u1", "uint16": "u2", "uint32": "u4"}[str(arr.dtype)]
+    return {"dtype": dtype, "bdata": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def marker_size(n: int, large: bool = True) -> float:
+    """Point size shrinking with the number of points (8 px at 100 points, 3 px at 100 000)."""
+    size = 11.0 - 1.7 * np.log10(max(n, 10))
+    return float(np.clip(size if large else size - 1.5, 2.0, 8.0))
+
+
+def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
+    """Round tick values (steps of 1, 2, 2.5 or 5 × 10^k) covering [lo, hi]."""
+    span = hi - lo
+    if not np.isfinite(span) or span <= 0:
+        return np.array([lo])
+    raw = span / max(target, 1)
+    mag = 10 ** np.floor(np.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    ticks = np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step)
+    return ticks[(ticks >= lo - step * 1e-9) & (ticks <= hi + step * 1e-9)]
+
+
+def colour_codes(spec: ColourSpec) -> np.ndarray:
+    """uint8 colour codes: category numbers, or values quantised to 1..255 (0 = no value).
+
+    One byte per point on the wire; 254 levels are more than a colour scale can show.
+    """
+    if spec.kind == "categorical":
+        return spec.values.astype(np.uint8)
+    values = spec.values.astype(np.float64)
+    scaled = (values - spec.cmin) / (spec.cmax - spec.cmin)
+    codes = 1 + np.rint(np.clip(scaled, 0.0, 1.0) * 254)
+    return np.where(np.isfinite(values), codes, 0).astype(np.uint8)
+
+
+def _colour_marker(spec: ColourSpec, show_scale: bool) -> dict[str, Any]:
+    """marker.* for a colouring: discrete colour steps for categories, a colour scale over
+    quantised values (with a grey "n/a" band at the bottom when some tiles have no value)."""
+    codes = colour_codes(spec)
+    if spec.kind == "categorical":
+        m = max(len(spec.colours), 1)
+        steps: list[list[Any]] = []
+        for i, colour in enumerate(spec.colours or [NAN_COLOUR]):
+            steps += [[i / m, colour], [(i + 1) / m, colour]]
+        return {"color": codes, "colorscale": steps, "cmin": -0.5, "cmax": m - 0.5,
+                "showscale": False}
+    scale = [[float(p), c] for p, c in pcolors.get_colorscale(spec.colorscale)]
+    ticks = nice_ticks(spec.cmin, spec.cmax)
+    tickvals = [float(1 + 254 * (t - spec.cmin) / (spec.cmax - spec.cmin)) for t in ticks]
+    ticktext = [format(float(t), spec.tickformat.lstrip(":")) for t in ticks]
+    has_missing = bool((codes == 0).any())
+    if has_missing:
+        # code 0 (no value) is grey; codes 1..255 span the colour scale
+        scale = [[0.0, NAN_COLOUR], [0.5 / 255, NAN_COLOUR]] + [
+            [(1 + 254 * p) / 255, c] for p, c in scale
+        ]
+        tickvals, ticktext = [0.0, *tickvals], ["n/a", *ticktext]
+    colorbar = {"title": {"text": spec.title, "side": "right", "font": {"size": 12}},
+                "thickness": 12, "len": 0.85, "outlinewidth": 0, "x": 1.01,
+                "tickmode": "array", "tickvals": tickvals, "ticktext": ticktext}
+    return {"color": codes, "colorscale": scale, "cmin": 0 if has_missing else 1, "cmax": 255,
+            "showscale": show_scale, "colorbar": colorbar}
+
+
+def _legend_slots(spec: ColourSpec | None, show: bool) -> list[dict[str, Any]]:
+    """``MAX_LEGEND`` legend entries (name, colour, visible) for a categorical colouring."""
+    slots = []
+    cats = spec.categories if spec is not None and spec.kind == "categorical" else []
+    for i in range(MAX_LEGEND):
+        if show and i < len(cats):
+            count = spec.counts[i] if spec and i < len(spec.counts) else None
+            name = f"{cats[i]}  ({count:,})" if count is not None else cats[i]
+            slots.append({"name": name, "colour": spec.colours[i], "visible": True})
+        else:
+            slots.append({"name": "", "colour": NAN_COLOUR, "visible": False})
+    return slots
+
+
+def map_figure(
+    x: np.ndarray,
+    y: np.ndarray,
+    tile_ids: Sequence[str] | np.ndarray | None,
+    spec: ColourSpec,
+    *,
+    title: str = "",
+    axis_titles: tuple[str, str] = ("", ""),
+    large: bool = True,
+    highlight: tuple[float, float] | None = None,
+    uirevision: str = "",
+    height: int | None = None,
+) -> go.Figure:
+    """A 2-D embedding map: one WebGL trace of every tile, coloured by ``spec``.
+
+    ``tile_ids`` become ``customdata`` (hover, click and selection find tiles by id); pass None
+    for an overview map that does not react to the pointer. The large map carries the legend
+    (categorical) or colour bar (continuous); small maps carry neither.
+    """
+    n = len(x)
+    marker = {"size": marker_size(n, large), "opacity": 0.85 if n < 20000 else 0.6,
+              "line": {"width": 0}, **_colour_marker(spec, show_scale=large)}
+    main = go.Scattergl(
+        x=np.asarray(x, dtype=np.float32), y=np.asarray(y, dtype=np.float32),
+        mode="markers", marker=marker, name="tiles", showlegend=False,
+        customdata=np.asarray(tile_ids, dtype=object) if tile_ids is not None else None,
+        hoverinfo="none" if tile_ids is not None else "skip",
+        selected={"marker": {"opacity": 1.0}},
+        unselected={"marker": {"opacity": 0.12}},
+    )
+    hx, hy = ([highlight[0]], [highlight[1]]) if highlight else ([], [])
+    ring = go.Scatter(
+        x=hx, y=hy, mode="markers", hoverinfo="skip", showlegend=False, name="selected tile",
+        marker={"size": 20 if large else 14, "color": "rgba(0,0,0,0)", "symbol": "circle",
+                "line": {"color": "#111827", "width": 2.5}},
+    )
+    legend = [
+        go.Scatter(
+            x=[None], y=[None], mode="markers", name=slot["name"], visible=slot["visible"],
+            showlegend=slot["visible"], hoverinfo="skip",
+            marker={"size": 10, "color": slot["colour"], "symbol": "circle"},
+        )
+        for slot in _legend_slots(spec, show=large)
+    ]
+    fig = go.Figure([main, ring, *legend])
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title} if title else None,
+        margin={"l": 48, "r": 12, "t": 56 if title else 34, "b": 40} if large
+        else {"l": 28, "r": 6, "t": 6, "b": 28},
+        xaxis={"title": {"text": axis_titles[0], "standoff": 6}, "showticklabels": large},
+        yaxis={"title": {"text": axis_titles[1], "standoff": 6}, "showticklabels": large},
+        dragmode="lasso",
+        hovermode="closest",
+        showlegend=large and spec.kind == "categorical",
+        legend={"title": {"text": spec.title}, "itemclick": False, "itemdoubleclick": False,
+                "bgcolor": "rgba(255,255,255,0.85)", "borderwidth": 0, "y": 1, "yanchor": "top",
+                "font": {"size": 12}},
+        uirevision=uirevision or None,
+        height=height,
+    )
+    if not large:
+        fig.update_xaxes(title_font={"size": 11})
+        fig.update_yaxes(title_font={"size": 11})
+    return fig
+
+
+def recolour_patch(spec: ColourSpec, large: bool = True, patch: Patch | None = None) -> Patch:
+    """A ``Patch`` switching a map built by ``map_figure`` to another colouring.
+
+    Only marker colours, the colour scale and the legend entries travel; the coordinates and
+    ids stay in the browser. Operations are added to ``patch`` when given.
+    """
+    patch = Patch() if patch is None else patch
+    marker = _colour_marker(spec, show_scale=large)
+    for key in ("colorscale", "cmin", "cmax", "showscale"):
+        patch["data"][MAIN]["marker"][key] = marker[key]
+    patch["data"][MAIN]["marker"]["color"] = typed(np.asarray(marker["color"]))
+    if "colorbar" in marker:
+        patch["data"][MAIN]["marker"]["colorbar"] = marker["colorbar"]
+    for i, slot in enumerate(_legend_slots(spec, show=large)):
+        trace = patch["data"][LEGEND0 + i]
+        trace["name"] = slot["name"]
+        trace["visible"] = slot["visible"]
+        trace["showlegend"] = slot["visible"]
+        trace["marker"]["color"] = slot["colour"]
+    patch["layout"]["showlegend"] = large and spec.kind == "categorical"
+    patch["layout"]["legend"]["title"]["text"] = spec.title
+    return patch
+
+
+def coords_patch(
+    x: np.ndarray, y: np.ndarray, axis_titles: tuple[str, str], uirevision: str,
+    patch: Patch | None = None,
+) -> Patch:
+    """A ``Patch`` moving a map's points to another 2-D embedding of the same tiles (ids and
+    colours stay; the axes re-fit)."""
+    patch = Patch() if patch is None else patch
+    patch["data"][MAIN]["x"] = typed(np.asarray(x, dtype=np.float32))
+    patch["data"][MAIN]["y"] = typed(np.asarray(y, dtype=np.float32))
+    patch["data"][MAIN]["selectedpoints"] = None
+    for axis, title in zip(("xaxis", "yaxis"), axis_titles, strict=True):
+        patch["layout"][axis]["title"]["text"] = title
+        patch["layout"][axis]["autorange"] = True
+    patch["layout"]["uirevision"] = uirevision
+    return patch
+
+
+def highlight_patch(point: tuple[float, float] | None, patch: Patch | None = None) -> Patch:
+    """A ``Patch`` moving the highlight ring to ``point`` (None hides it)."""
+    patch = Patch() if patch is None else patch
+    patch["data"][HIGHLIGHT]["x"] = [point[0]] if point else []
+    patch["data"][HIGHLIGHT]["y"] = [point[1]] if point else []
+    return patch
+
+
+def selection_patch(rows: Sequence[int] | None, patch: Patch | None = None) -> Patch:
+    """A ``Patch`` marking these point indices as selected (None clears the selection)."""
+    patch = Patch() if patch is None else patch
+    patch["data"][MAIN]["selectedpoints"] = (
+        typed(np.asarray(rows, dtype=np.int32)) if rows is not None else None
+    )
+    return patch
+
+
+def empty_figure(message: str, height: int | None = None) -> go.Figure:
+    """A blank figure with a centred message."""
+    fig = go.Figure()
+    fig.update_layout(
+        template=TEMPLATE, height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis={"visible": False}, yaxis={"visible": False},
+        annotations=[{"text": message, "showarrow": False, "xref": "paper", "yref": "paper",
+                      "x": 0.5, "y": 0.5, "font": {"size": 13, "color": MUTED}}],
+    )
+    return fig
+
+
+def _k_line(fig: go.Figure, k: int | None, label: str) -> None:
+    if k is not None:
+        fig.add_vline(x=k, line={"color": "#111827", "width": 1.2, "dash": "dot"},
+                      annotation={"text": label, "font": {"size": 11, "color": INK},
+                                  "bgcolor": "rgba(255,255,255,0.8)"},
+                      annotation_position="top right")
+
+
+def elbow_figure(sweep: dict, current_k: int | None = None, height: int = 260) -> go.Figure:
+    """Inertia vs k (the elbow curve), with the current k marked."""
+    ks, inertia = list(sweep.get("k", [])), list(sweep.get("inertia", []))
+    if not ks or len(ks) != len(inertia):
+        return empty_figure("No K-means sweep stored for this run.", height)
+    fig = go.Figure(go.Scatter(
+        x=ks, y=inertia, mode="lines+markers", name="inertia",
+        line={"color": "#4e79a7", "width": 2}, marker={"size": 7},
+        hovertemplate="k = %{x}<br>inertia = %{y:,.4g}<extra></extra>",
+    ))
+    _k_line(fig, current_k, f"k = {current_k}")
+    fig.update_layout(
+        template=TEMPLATE, height=height, title={"text": "Elbow: inertia vs k"},
+        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
+        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1},
+        yaxis={"title": {"text": "Inertia (within-cluster SS)"}, "tickformat": ".3s"},
+    )
+    return fig
+
+
+def silhouette_k_figure(sweep: dict, current_k: int | None = None, height: int = 260) -> go.Figure:
+    """Mean silhouette vs k, the best k starred and the current k marked."""
+    ks, sil = list(sweep.get("k", [])), list(sweep.get("silhouette", []))
+    if not ks or len(ks) != len(sil):
+        return empty_figure("No silhouette sweep stored for this run.", height)
+    fig = go.Figure(go.Scatter(
+        x=ks, y=sil, mode="lines+markers", name="mean silhouette",
+        line={"color": "#59a14f", "width": 2}, marker={"size": 7},
+        hovertemplate="k = %{x}<br>mean silhouette = %{y:.3f}<extra></extra>",
+    ))
+    best = sweep.get("best_k")
+    if best in ks:
+        fig.add_trace(go.Scatter(
+            x=[best], y=[sil[ks.index(best)]], mode="markers", name="best k",
+            marker={"symbol": "star", "size": 15, "color": "#edc948",
+                    "line": {"color": "#8a6d00", "width": 1}},
+            hovertemplate="best k = %{x}<extra></extra>",
+        ))
+    _k_line(fig, current_k, f"k = {current_k}")
+    fig.update_layout(
+        template=TEMPLATE, height=height, title={"text": "Mean silhouette vs k  (★ best)"},
+        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
+        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1},
+        yaxis={"title": {"text": "Mean silhouette"}},
+    )
+    return fig
+
+
+def silhouette_samples_figure(
+    labels: np.ndarray, values: np.ndarray, *, k: int, exact: bool = True, n_total: int | None = None,
+    height: int = 420,
+) -> go.Figure:
+    """The classic per-sample silhouette plot: per cluster, its samples' silhouettes sorted and
+    drawn as a filled band; the dashed line is the mean."""
+    labels, values = np.asarray(labels), np.asarray(values, dtype=float)
+    if values.size == 0:
+        return empty_figure("No silhouette values.", height)
+    fig = go.Figure()
+    gap = max(2, int(len(values) * 0.02))
+    y0 = gap
+    for c in sorted(int(v) for v in np.unique(labels)):
+        v = np.sort(values[labels == c])
+        ys = np.arange(y0, y0 + len(v), dtype=float)
+        colour = cluster_colour(c)
+        fig.add_trace(go.Scatter(
+            x=np.concatenate([[0.0], v, [0.0]]).astype(np.float32),
+            y=np.concatenate([[ys[0]], ys, [ys[-1]]]).astype(np.float32),
+            mode="lines", fill="toself", fillcolor=colour, line={"color": colour, "width": 0.5},
+            name=f"Cluster {c}", hoverinfo="text",
+            text=f"Cluster {c}: {len(v):,} tiles, mean {v.mean():.3f}",
+        ))
+        fig.add_annotation(x=0, y=y0 + len(v) / 2, text=f"<b>{c}</b>", showarrow=False,
+                           xanchor="right", xshift=-4, font={"size": 11, "color": colour})
+        y0 += len(v) + gap
+    mean = float(values.mean())
+    fig.add_vline(x=mean, line={"color": "#e15759", "dash": "dash", "width": 1.5},
+                  annotation={"text": f"mean {mean:.3f}", "font": {"size": 11, "color": "#b03030"}},
+                  annotation_position="top right")
+    note = "" if exact else f" · sample of {len(values):,} / {n_total or len(values):,} tiles"
+    fig.update_layout(
+        template=TEMPLATE, height=height, showlegend=False,
+        title={"text": f"Per-sample silhouette, k = {k}{note}"},
+        margin={"l": 40, "r": 14, "t": 40, "b": 44},
+        xaxis={"title": {"text": "Silhouette coefficient"}, "range": [min(-0.2, values.min() - 0.05),
+                                                                    max(1.0, values.max())]},
+        yaxis={"title": {"text": "Tiles, grouped by cluster"}, "showticklabels": False,
+               "showgrid": False, "range": [0, y0]},
+    )
+    return fig
+
+
+__all__ = [
+    "GRAPH_CONFIG", "SMALL_GRAPH_CONFIG", "colour_codes", "coords_patch", "elbow_figure", "empty_figure", "highlight_patch",
+    "map_figure", "marker_size", "recolour_patch", "selection_patch", "silhouette_k_figure",
+    "silhouette_samples_figure", "typed",
+]

@@ -1,0 +1,104 @@
+"""The shared flask-caching cache: file system by default, Redis when configured."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from app.web import analysis, state
+from app.web.cache import cache, default_config
+from tests.fixture_run import shared_fixture_run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_default_is_a_file_system_cache(monkeypatch) -> None:
+    monkeypatch.delenv("UNET_LENS_REDIS_URL", raising=False)
+    cfg = default_config()
+    assert cfg["CACHE_TYPE"] == "FileSystemCache" and cfg["CACHE_DIR"].endswith("flask")
+
+
+def test_redis_when_the_url_is_set(monkeypatch) -> None:
+    monkeypatch.setenv("UNET_LENS_REDIS_URL", "redis://127.0.0.1:6390/0")
+    cfg = default_config()
+    assert cfg["CACHE_TYPE"] == "RedisCache"
+    assert cfg["CACHE_REDIS_URL"] == "redis://127.0.0.1:6390/0"
+    assert cfg["CACHE_KEY_PREFIX"] == "unet-lens:"
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.getbasetemp() / "web-fixture"
+    return root, shared_fixture_run(root)
+
+
+def test_file_system_cache_is_shared_between_apps(fixture_root, tmp_path: Path) -> None:
+    """Two app instances (like two gunicorn workers) see each other's cached labels."""
+    from app.web.main import create_app
+
+    root, run_id = fixture_root
+    cfg = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(tmp_path / "cache")}
+    one = create_app(embeddings_root=root, cache_config=cfg)
+    run = state.get_run(run_id)
+    version = state.run_version(run)
+    with one.server.test_request_context():
+        labels, _ = analysis.cached_labels(run_id, version, 7)
+    assert any((tmp_path / "cache").iterdir())
+    two = create_app(embeddings_root=root, cache_config=cfg)
+    with two.server.test_request_context():
+        assert cache.get(analysis.cached_labels.make_cache_key(
+            analysis.cached_labels.uncached, run_id, version, 7)) is not None
+        again, _ = analysis.cached_labels(run_id, version, 7)
+    assert (again == labels).all()
+
+
+@pytest.fixture()
+def redis_url():
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI must install it)")
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_cache_stores_cluster_labels(fixture_root, redis_url: str, monkeypatch) -> None:
+    import redis
+
+    from app.web.main import create_app
+
+    root, run_id = fixture_root
+    monkeypatch.setenv("UNET_LENS_REDIS_URL", redis_url)
+    app = create_app(embeddings_root=root)  # cache config from the environment
+    run = state.get_run(run_id)
+    with app.server.test_request_context():
+        labels, source = analysis.cached_labels(run_id, state.run_version(run), 8)
+    assert source == "re-clustered" and len(set(labels.tolist())) == 8
+    keys = redis.Redis.from_url(redis_url).keys("unet-lens:*")
+    assert keys, "nothing was written to Redis"
