@@ -11,9 +11,19 @@ The ground sampling distance is fixed at 0.5 m/pixel whatever ``size`` is: ``siz
 extent (1024 px = 512 m), so buildings keep xBD-like pixel sizes in small test scenes.
 
 Rendering is layered: a layout (roads, lots, buildings, trees, cars, shore) is drawn from a
-random generator seeded by ``[seed, index]``; the ground is textured once; each phase then
-paints cars, roofs and canopies through a height z-buffer, casts shadows from that height map
-along the phase's sun direction, and (post only) adds roof damage, debris and flood water.
+generator seeded by ``SeedSequence([seed, index, size])`` (never global state); the ground is
+textured once; each phase then paints cars, roofs and canopies through a height z-buffer,
+casts shadows from that height map along the phase's own sun direction, and (post only) adds
+roof damage, debris, sand overwash and flood water. Colour work is done on planar (3, H, W)
+float32 planes: numpy broadcasts over a trailing axis of 3 several times slower.
+
+Labels: ``mask`` is every building footprint in both phases (xBD keeps the polygon of a
+destroyed building), rasterised with pixel (row r, col c) centred at (x=c, y=r) - the PIL and
+skimage convention - so it equals the published polygons drawn by either. ``meta`` holds:
+disaster, disaster_type ("wind" | "flooding"), phase, gsd (0.5), sun_azimuth and
+sun_elevation (degrees, this phase), density (buildings per km²), settlement ("rural" |
+"suburban" | "dense"), shoreline, n_buildings, land_* (grass, soil, sand, water, road, tree,
+building: pixel fractions seen from above, summing to 1) and flooded_fraction (0 in pre).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ DISASTER = "synthetic-hurricane"
 MIN_SIZE = 64
 
 _F = np.float32
+_Slices = tuple[slice, slice]  # (rows, cols) of a bounding box
 #: Optics: a 3x3 Gaussian (sigma ~0.65 px), much cheaper than ImageFilter.GaussianBlur.
 _BLUR = ImageFilter.Kernel((3, 3), (1, 3, 1, 3, 9, 3, 1, 3, 1), 25)
 
@@ -52,28 +63,56 @@ _ROOFS: tuple[tuple[tuple[int, int, int], str, float], ...] = (
     ((80, 81, 85), "shingle", 0.13),
     ((126, 103, 85), "shingle", 0.13),
     ((158, 140, 118), "shingle", 0.07),
-    ((171, 98, 72), "tile", 0.09),
+    ((164, 104, 82), "tile", 0.06),
     ((216, 215, 209), "metal", 0.10),
     ((184, 187, 187), "metal", 0.08),
     ((98, 115, 106), "metal", 0.04),
     ((108, 117, 131), "shingle", 0.07),
-    ((140, 74, 62), "metal", 0.03),
+    ((132, 80, 68), "metal", 0.03),
     ((201, 188, 163), "shingle", 0.06),
 )
+_ROOF_CUM = np.cumsum([r[2] for r in _ROOFS]) / sum(r[2] for r in _ROOFS)
+#: Sheds and barns favour metal roofs.
+_ROOF_CUM_SHED = np.cumsum([r[2] * (5 if r[1] == "metal" else 1) for r in _ROOFS])
+_ROOF_CUM_SHED = _ROOF_CUM_SHED / _ROOF_CUM_SHED[-1]
 _FLAT_ROOFS = ((208, 208, 203), (176, 176, 172), (150, 151, 150), (228, 226, 220))
 _CAR_COLOURS = (
-    (226, 226, 224), (32, 33, 36), (165, 167, 170), (110, 112, 116), (150, 38, 34),
-    (42, 62, 120), (196, 186, 160), (225, 225, 225), (60, 60, 62),
+    (226, 226, 224),
+    (32, 33, 36),
+    (165, 167, 170),
+    (110, 112, 116),
+    (150, 38, 34),
+    (42, 62, 120),
+    (196, 186, 160),
+    (225, 225, 225),
+    (60, 60, 62),
 )
 _DEBRIS = np.array(
-    [(196, 172, 132), (150, 120, 88), (214, 212, 204), (128, 126, 122), (92, 78, 64),
-     (176, 160, 140), (230, 228, 220), (70, 66, 62)],
+    [
+        (196, 172, 132),
+        (150, 120, 88),
+        (214, 212, 204),
+        (128, 126, 122),
+        (92, 78, 64),
+        (176, 160, 140),
+        (230, 228, 220),
+        (70, 66, 62),
+    ],
     dtype=_F,
 )
 #: Collapsed-house rubble: weathered timber, drywall, insulation, roofing, dark voids.
 _RUBBLE = np.array(
-    [(72, 66, 60), (104, 94, 82), (132, 120, 102), (150, 138, 120), (122, 118, 112),
-     (170, 160, 142), (142, 126, 104), (188, 180, 164), (92, 86, 80)],
+    [
+        (72, 66, 60),
+        (104, 94, 82),
+        (132, 120, 102),
+        (150, 138, 120),
+        (122, 118, 112),
+        (170, 160, 142),
+        (142, 126, 104),
+        (188, 180, 164),
+        (92, 86, 80),
+    ],
     dtype=_F,
 )
 
@@ -122,12 +161,12 @@ class _House:
     colour: tuple[float, float, float]
     material: str
     kind: str  # "house" | "outbuilding" | "commercial"
-    extras: tuple[tuple[float, float, float, float], ...] = ()  # rooftop units (flat roofs)
+    extras: tuple[tuple[str, float, float, float, float], ...] = ()  # (what, cu, cv, a, b)
 
     def polygon(self) -> tuple[tuple[float, float], ...]:
         c, s = math.cos(self.theta), math.sin(self.theta)
         return tuple(
-            (round(self.cx + u * c - v * s, 2), round(self.cy + u * s + v * c, 2))
+            (float(self.cx + u * c - v * s), float(self.cy + u * s + v * c))
             for u, v in self.outline
         )
 
@@ -185,11 +224,12 @@ def _noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
     n = int(math.ceil(size / cell)) + 3
     grid = rng.standard_normal((n, n), dtype=_F)
     big = max(size + 2, int(round(n * cell)))
-    arr = np.asarray(Image.fromarray(grid).resize((big, big), Image.Resampling.BICUBIC))
+    full = np.asarray(Image.fromarray(grid).resize((big, big), Image.Resampling.BICUBIC))
+    # Normalise over the whole grid, not the crop: a small scene of a large-cell field must keep
+    # its (small) local variation rather than be blown up to unit std.
+    std = float(full[:: max(1, big // 128), :: max(1, big // 128)].std()) or 1.0
     off = min(int(cell), big - size)
-    arr = arr[off : off + size, off : off + size]
-    std = float(arr[::7, ::7].std()) or 1.0
-    return arr * _F(1.0 / std)
+    return full[off : off + size, off : off + size] * _F(1.0 / std)
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
@@ -197,7 +237,9 @@ def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _local(cx: float, cy: float, theta: float, radius: float, size: int):
+def _local(
+    cx: float, cy: float, theta: float, radius: float, size: int
+) -> tuple[_Slices, np.ndarray, np.ndarray] | None:
     """Slices of the bounding box and local (u, v) coordinates of its pixel centres.
 
     Pixel (row r, col c) has its centre at (x=c, y=r), the convention of PIL and skimage
@@ -212,7 +254,7 @@ def _local(cx: float, cy: float, theta: float, radius: float, size: int):
     return (slice(y0, y1), slice(x0, x1)), dx * c + dy * s, dy * c - dx * s
 
 
-def _rect_mask(rect: _Rect, size: int, margin: float = 0.0):
+def _rect_mask(rect: _Rect, size: int, margin: float = 0.0) -> tuple[_Slices, np.ndarray] | None:
     loc = _local(rect.cx, rect.cy, rect.theta, math.hypot(rect.a, rect.b) + margin + 1, size)
     if loc is None:
         return None
@@ -220,7 +262,9 @@ def _rect_mask(rect: _Rect, size: int, margin: float = 0.0):
     return sl, (np.abs(u) <= rect.a + margin) & (np.abs(v) <= rect.b + margin)
 
 
-def _house_mask(h: _House, size: int, margin: float = 0.0):
+def _house_mask(
+    h: _House, size: int, margin: float = 0.0
+) -> tuple[_Slices, np.ndarray, np.ndarray, np.ndarray] | None:
     loc = _local(h.cx, h.cy, h.theta, h.radius() + margin + 1, size)
     if loc is None:
         return None
@@ -272,7 +316,13 @@ def _make_house(
         for _ in range(int(rng.integers(2, 7))):
             ua, ub = rng.uniform(1.5, 3.5), rng.uniform(1.5, 3.0)
             units.append(
-                (rng.uniform(-w / 2 + 5, w / 2 - 5), rng.uniform(-d / 2 + 5, d / 2 - 5), ua, ub)
+                (
+                    "unit",
+                    rng.uniform(-w / 2 + 5, w / 2 - 5),
+                    rng.uniform(-d / 2 + 5, d / 2 - 5),
+                    ua,
+                    ub,
+                )
             )
         extras = tuple(units)
         return sections, outline, "flat", 0.0, rng.uniform(8, 16), colour, "membrane", extras
@@ -281,8 +331,12 @@ def _make_house(
         d1 = d * rng.uniform(0.5, 0.72)
         sx, sy = (1 if rng.random() < 0.5 else -1), (1 if rng.random() < 0.5 else -1)
         pts = (
-            (-w / 2, -d / 2), (w / 2, -d / 2), (w / 2, -d / 2 + d1),
-            (-w / 2 + w1, -d / 2 + d1), (-w / 2 + w1, d / 2), (-w / 2, d / 2),
+            (-w / 2, -d / 2),
+            (w / 2, -d / 2),
+            (w / 2, -d / 2 + d1),
+            (-w / 2 + w1, -d / 2 + d1),
+            (-w / 2 + w1, d / 2),
+            (-w / 2, d / 2),
         )
         outline = tuple((sx * u, sy * v) for u, v in pts)
         sections = (
@@ -292,18 +346,40 @@ def _make_house(
     else:
         sections = ((0.0, 0.0, w / 2, d / 2),)
         outline = ((-w / 2, -d / 2), (w / 2, -d / 2), (w / 2, d / 2), (-w / 2, d / 2))
-    weights = np.array([r[2] for r in _ROOFS])
-    if kind == "outbuilding":
-        weights = weights * np.array([r[1] == "metal" for r in _ROOFS]) * 4 + weights
-    k = int(rng.choice(len(_ROOFS), p=weights / weights.sum()))
+    cum = _ROOF_CUM_SHED if kind == "outbuilding" else _ROOF_CUM
+    k = min(int(np.searchsorted(cum, rng.random())), len(_ROOFS) - 1)
     base, material, _ = _ROOFS[k]
     jitter = rng.normal(1.0, 0.05) * rng.normal(1.0, 0.025, 3)
-    colour = tuple(float(np.clip(c * j, 20, 245)) for c, j in zip(base, jitter, strict=True))
+    colour = tuple(min(245.0, max(20.0, float(c * j))) for c, j in zip(base, jitter, strict=True))
     roof = "hip" if rng.random() < (0.45 if material != "metal" else 0.15) else "gable"
     pitch = rng.uniform(0.3, 0.6) if kind == "house" else rng.uniform(0.15, 0.3)
     storeys = 2 if (kind == "house" and rng.random() < 0.15 + 0.3 * rho) else 1
     wall = storeys * rng.uniform(6.0, 7.0) + rng.uniform(0, 2.5)  # some raised on piers
-    return sections, outline, roof, pitch, wall, colour, material, extras
+    cu, cv, a, b = sections[0]
+    fixtures = []
+    if kind == "house" and rng.random() < 0.3:
+        # Chimney: a small box standing on the roof, with its own little shadow.
+        fixtures.append(
+            (
+                "chimney",
+                cu + rng.uniform(-0.7, 0.7) * a,
+                cv + rng.uniform(-0.6, 0.6) * b,
+                rng.uniform(1.2, 2.0),
+                rng.uniform(1.2, 2.0),
+            )
+        )
+    if kind == "house" and rng.random() < 0.07 and a > 12:
+        # Solar array on one face of the main section.
+        sgn = 1 if rng.random() < 0.5 else -1
+        if a >= b:
+            fixtures.append(
+                ("solar", cu + rng.uniform(-0.3, 0.3) * a, cv + sgn * b * 0.5, a * 0.45, b * 0.32)
+            )
+        else:
+            fixtures.append(
+                ("solar", cu + sgn * a * 0.5, cv + rng.uniform(-0.3, 0.3) * b, a * 0.32, b * 0.45)
+            )
+    return sections, outline, roof, pitch, wall, colour, material, tuple(fixtures)
 
 
 def _suburban_roads(rng: np.random.Generator, size: int, rho: float, phi: float) -> list[_Road]:
@@ -327,7 +403,9 @@ def _suburban_roads(rng: np.random.Generator, size: int, rho: float, phi: float)
         offsets.append((amp, lam, psi))
         pts = c0 + us[:, None] * eu + (v + off)[:, None] * ev
         width = rng.uniform(24, 30) if i == main else rng.uniform(13, 17)
-        roads.append(_Road(pts, width, _ASPHALT0 + int(rng.integers(_N_ASPHALT)), sidewalk, i == main))
+        roads.append(
+            _Road(pts, width, _ASPHALT0 + int(rng.integers(_N_ASPHALT)), sidewalk, i == main)
+        )
     cross_gap = rng.uniform(360, 720)
     for u in np.arange(-reach + rng.uniform(0, cross_gap), reach, cross_gap):
         for i in range(len(vs) - 1):
@@ -340,25 +418,37 @@ def _suburban_roads(rng: np.random.Generator, size: int, rho: float, phi: float)
             vv = np.linspace(ends[0] - 2, ends[1] + 2, 24)
             pts = c0 + u * eu + vv[:, None] * ev
             width = rng.uniform(13, 16)
-            roads.append(_Road(pts, width, _ASPHALT0 + int(rng.integers(_N_ASPHALT)), sidewalk, False))
+            roads.append(
+                _Road(pts, width, _ASPHALT0 + int(rng.integers(_N_ASPHALT)), sidewalk, False)
+            )
     return roads
 
 
 def _rural_roads(rng: np.random.Generator, size: int, phi: float) -> list[_Road]:
-    """One to three country roads crossing the scene, some gravel, some bending."""
+    """Two to four country roads crossing the scene, some gravel, some bending."""
     roads = []
     reach = size * 0.8 + 100
-    for i in range(int(rng.integers(1, 4))):
+    for i in range(int(rng.integers(2, 5))):
         ang = phi + (0 if i == 0 else rng.choice([math.pi / 2, rng.uniform(0.3, 2.8)]))
         centre = np.array([size / 2, size / 2]) + rng.uniform(-0.3, 0.3, 2) * size
         t = np.arange(-reach, reach + 8, 8.0)
         e = np.array([math.cos(ang), math.sin(ang)])
         n = np.array([-e[1], e[0]])
-        bend = rng.uniform(0, 60) * np.sin(2 * math.pi * t / rng.uniform(700, 1600) + rng.uniform(0, 6))
+        bend = rng.uniform(0, 60) * np.sin(
+            2 * math.pi * t / rng.uniform(700, 1600) + rng.uniform(0, 6)
+        )
         pts = centre + t[:, None] * e + bend[:, None] * n
         gravel = rng.random() < 0.3
         surface = _GRAVEL if gravel else _ASPHALT0 + int(rng.integers(_N_ASPHALT))
-        roads.append(_Road(pts, rng.uniform(9, 11) if gravel else rng.uniform(11, 15), surface, False, i == 0 and not gravel))
+        roads.append(
+            _Road(
+                pts,
+                rng.uniform(9, 11) if gravel else rng.uniform(11, 15),
+                surface,
+                False,
+                i == 0 and not gravel,
+            )
+        )
     return roads
 
 
@@ -377,7 +467,7 @@ class _Occupancy:
             self.road |= blocked
         self.size = size
 
-    def free_house(self, h: _House, margin: float):
+    def free_house(self, h: _House, margin: float) -> tuple[_Slices, np.ndarray] | None:
         """The house's (slices, mask) grown by ``margin`` if that area is free, else None."""
         got = _house_mask(h, self.size, margin)
         if got is None:
@@ -387,7 +477,7 @@ class _Occupancy:
             return None
         return sl, inside
 
-    def take(self, got) -> None:
+    def take(self, got: tuple[_Slices, np.ndarray]) -> None:
         sl, inside = got
         self.build[sl] |= inside
 
@@ -429,7 +519,7 @@ def _place_along(
         lots = []
         s = rng.uniform(0, 40)
         while s < length:
-            lot_w = rng.uniform(90, 190) if rural else (66 - 24 * rho) * rng.uniform(0.9, 1.12)
+            lot_w = rng.uniform(50, 110) if rural else (66 - 24 * rho) * rng.uniform(0.9, 1.12)
             commercial = (not rural) and road.main and rng.random() < 0.18
             if commercial:
                 lot_w = rng.uniform(90, 150)
@@ -444,16 +534,16 @@ def _place_along(
             theta = math.atan2(t[1], t[0]) + (0.0 if side == 1 else math.pi)
             p_in = p  # point on the road centre line
             if commercial:
-                w, d = lot_w * rng.uniform(0.6, 0.8), rng.uniform(48, 80)
+                w, d = min(80.0, lot_w * rng.uniform(0.6, 0.8)), rng.uniform(48, 80)
                 setback = rng.uniform(34, 60)
             elif rural:
-                w, d = rng.uniform(26, 50), rng.uniform(22, 36)
-                setback = rng.uniform(20, 90)
+                w, d = rng.uniform(28, 54), rng.uniform(24, 40)
+                setback = rng.uniform(16, 70)
             else:
                 w = min(lot_w - 12, rng.uniform(24, 44))
                 d = rng.uniform(22, 36)
                 setback = rng.uniform(10, 22)
-            fill = 0.7 if rural else 0.55 + 0.4 * rho
+            fill = 0.8 if rural else 0.55 + 0.4 * rho
             if not commercial and rng.random() > fill:
                 if not rural and rng.random() < 0.25:
                     bare = _frame_rect(p_in, theta, 0, edge + 8 + 20, lot_w / 2 - 4, 22)
@@ -461,30 +551,57 @@ def _place_along(
                         lay.paved.append((bare, _BARE))
                 continue
             jitter = rng.normal(0, 0.14 if rural else 0.03)
-            kind = "commercial" if commercial else "house"
-            sections, outline, roof, pitch, wall, colour, mat, extras = _make_house(rng, w, d, kind, rho)
             c_v = edge + setback + d / 2
             c_u = rng.normal(0, 0.06 * lot_w)
             c, sn = math.cos(theta), math.sin(theta)
             hx, hy = p_in[0] + c_u * c - c_v * sn, p_in[1] + c_u * sn + c_v * c
             if not (0 <= hx < size and 0 <= hy < size):
                 continue
-            house = _House(hx, hy, theta + jitter, sections, outline, roof, pitch, wall, colour, mat, kind, extras)
+            if occ.road[int(hy), int(hx)] or occ.build[int(hy), int(hx)]:
+                continue  # cheap early reject before building the footprint
+            kind = "commercial" if commercial else "house"
+            sections, outline, roof, pitch, wall, colour, mat, extras = _make_house(
+                rng, w, d, kind, rho
+            )
+            house = _House(
+                hx,
+                hy,
+                theta + jitter,
+                sections,
+                outline,
+                roof,
+                pitch,
+                wall,
+                colour,
+                mat,
+                kind,
+                extras,
+            )
             spot = occ.free_house(house, 4.0)
             if spot is None:
                 continue
             # Driveway (or parking lot) from the front of the house to the road centre line.
             if commercial:
-                drive = _frame_rect(p_in, theta, c_u, (edge + setback) / 2 + 1, w / 2 + 6, (edge + setback) / 2 + 1)
+                drive = _frame_rect(
+                    p_in, theta, c_u, (edge + setback) / 2 + 1, w / 2 + 6, (edge + setback) / 2 + 1
+                )
                 if not occ.free_rect(drive, road_ok=True):
                     continue
                 lay.paved.append((drive, _ASPHALT0 + int(rng.integers(_N_ASPHALT))))
                 for k in np.arange(-w / 2 + 4, w / 2 - 2, 5.5):
-                    a = (p_in[0] + (c_u + k) * c - (edge + 6) * sn, p_in[1] + (c_u + k) * sn + (edge + 6) * c)
+                    a = (
+                        p_in[0] + (c_u + k) * c - (edge + 6) * sn,
+                        p_in[1] + (c_u + k) * sn + (edge + 6) * c,
+                    )
                     b = (a[0] - 10 * sn, a[1] + 10 * c)
                     lay.stripes.append((a, b))
                     if rng.random() < 0.45:
-                        lay.cars.append((_frame_rect(p_in, theta, c_u + k + 2.75, edge + 11, 2.0, 4.4), _car_colour(rng)))
+                        lay.cars.append(
+                            (
+                                _frame_rect(p_in, theta, c_u + k + 2.75, edge + 11, 2.0, 4.4),
+                                _car_colour(rng),
+                            )
+                        )
             else:
                 dw = rng.uniform(4.5, 6.5) if not rural else rng.uniform(3.5, 5)
                 du = c_u + rng.choice([-1, 1]) * (w / 2 - dw - rng.uniform(1, 5))
@@ -492,50 +609,123 @@ def _place_along(
                 drive = _frame_rect(p_in, theta, du, length_d / 2, dw, length_d / 2 + 1)
                 if not occ.free_rect(drive, road_ok=True):
                     continue
-                surf = _GRAVEL if (rural and rng.random() < 0.6) else (
-                    _CONCRETE if rng.random() < 0.75 else _ASPHALT0 + int(rng.integers(_N_ASPHALT))
+                surf = (
+                    _GRAVEL
+                    if (rural and rng.random() < 0.6)
+                    else (
+                        _CONCRETE
+                        if rng.random() < 0.75
+                        else _ASPHALT0 + int(rng.integers(_N_ASPHALT))
+                    )
                 )
                 lay.paved.append((drive, surf))
                 if rng.random() < 0.55:
                     cv = edge + rng.uniform(4, max(5, setback - 6))
-                    lay.cars.append((_frame_rect(p_in, theta + math.pi / 2, du, cv, 4.4, 2.0), _car_colour(rng)))
+                    lay.cars.append(
+                        (_frame_rect(p_in, theta + math.pi / 2, du, cv, 4.4, 2.0), _car_colour(rng))
+                    )
                 if (not rural) and rng.random() < 0.08:
-                    lay.cars.append((_frame_rect(p_in, theta, c_u - w / 4, road.width / 2 - 3, 4.4, 2.0), _car_colour(rng)))
+                    lay.cars.append(
+                        (
+                            _frame_rect(p_in, theta, c_u - w / 4, road.width / 2 - 3, 4.4, 2.0),
+                            _car_colour(rng),
+                        )
+                    )
             occ.take(spot)
             occ.take_rect(drive)
             lay.houses.append(house)
             if not rural and not commercial:
-                lay.lots.append(_frame_rect(p_in, theta, c_u, edge + 1 + (setback + d + 30) / 2, lot_w / 2, (setback + d + 30) / 2))
+                lay.lots.append(
+                    _frame_rect(
+                        p_in,
+                        theta,
+                        c_u,
+                        edge + 1 + (setback + d + 30) / 2,
+                        lot_w / 2,
+                        (setback + d + 30) / 2,
+                    )
+                )
             back = c_v + d / 2
             # Backyard pool.
             if not commercial and rng.random() < (0.28 if coastal else 0.1) * (0.4 + rho):
                 pa, pb = rng.uniform(6, 10), rng.uniform(3.5, 6)
-                pool = _frame_rect(p_in, theta + jitter, c_u + rng.uniform(-w / 4, w / 4), back + pb + rng.uniform(5, 10), pa, pb)
+                pool = _frame_rect(
+                    p_in,
+                    theta + jitter,
+                    c_u + rng.uniform(-w / 4, w / 4),
+                    back + pb + rng.uniform(5, 10),
+                    pa,
+                    pb,
+                )
                 deck = _Rect(pool.cx, pool.cy, pool.theta, pa + 3, pb + 3)
                 if occ.free_rect(deck):
                     occ.take_rect(deck)
                     lay.pools.append(pool)
             # Detached garage, shed or barn.
-            if rng.random() < (0.5 if rural else 0.12):
-                ow, od = (rng.uniform(20, 56), rng.uniform(16, 34)) if rural else (rng.uniform(15, 24), rng.uniform(14, 20))
+            if rng.random() < (0.65 if rural else 0.12):
+                ow, od = (
+                    (rng.uniform(20, 56), rng.uniform(16, 34))
+                    if rural
+                    else (rng.uniform(15, 24), rng.uniform(14, 20))
+                )
                 ou = c_u + rng.uniform(-lot_w / 3, lot_w / 3)
                 ov = back + od / 2 + rng.uniform(6, 30 if rural else 12)
-                o = _frame_rect(p_in, theta + jitter + (rng.choice([0, math.pi / 2]) if rural else 0), ou, ov, 1, 1)
-                sec, outl, roof, pitch, wall, colour, mat, ex = _make_house(rng, ow, od, "outbuilding", rho)
-                shed = _House(o.cx, o.cy, o.theta, sec, outl, roof, pitch, wall * 0.8, colour, mat, "outbuilding", ex)
-                spot = occ.free_house(shed, 4.0) if 0 <= shed.cx < size and 0 <= shed.cy < size else None
+                o = _frame_rect(
+                    p_in,
+                    theta + jitter + (rng.choice([0, math.pi / 2]) if rural else 0),
+                    ou,
+                    ov,
+                    1,
+                    1,
+                )
+                sec, outl, roof, pitch, wall, colour, mat, ex = _make_house(
+                    rng, ow, od, "outbuilding", rho
+                )
+                shed = _House(
+                    o.cx,
+                    o.cy,
+                    o.theta,
+                    sec,
+                    outl,
+                    roof,
+                    pitch,
+                    wall * 0.8,
+                    colour,
+                    mat,
+                    "outbuilding",
+                    ex,
+                )
+                spot = (
+                    occ.free_house(shed, 4.0)
+                    if 0 <= shed.cx < size and 0 <= shed.cy < size
+                    else None
+                )
                 if spot is not None:
                     occ.take(spot)
                     lay.houses.append(shed)
             if rural and rng.random() < 0.3:
-                lay.fields.append((_frame_rect(p_in, theta, c_u, edge + setback + d + 140, rng.uniform(80, 160), rng.uniform(60, 110)), int(rng.integers(4))))
+                lay.fields.append(
+                    (
+                        _frame_rect(
+                            p_in,
+                            theta,
+                            c_u,
+                            edge + setback + d + 140,
+                            rng.uniform(80, 160),
+                            rng.uniform(60, 110),
+                        ),
+                        int(rng.integers(4)),
+                    )
+                )
 
 
 def _car_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return _CAR_COLOURS[int(rng.integers(len(_CAR_COLOURS)))]
 
 
-def _place_trees(rng: np.random.Generator, lay: _Layout, occ: _Occupancy, density: float, coastal: bool) -> None:
+def _place_trees(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, density: float, coastal: bool
+) -> None:
     """Clustered canopies: backyards, random groves, street rows and (rural) woodland."""
     size = lay.size
     cands: list[tuple[float, float, bool]] = []  # x, y, may overhang road
@@ -567,17 +757,15 @@ def _place_trees(rng: np.random.Generator, lay: _Layout, occ: _Occupancy, densit
                     if 0 <= x < size and 0 <= y < size and rng.random() < 0.7:
                         cands.append((x, y, True))
     if lay.settlement == "rural" or density > 0.7:
-        wood = _noise(rng, size, 90)
-        thr = 1.3 - 0.9 * density
-        spacing = 13.0
-        gy, gx = np.mgrid[0:size:spacing, 0:size:spacing]
-        gx = gx + rng.uniform(-5, 5, gx.shape)
-        gy = gy + rng.uniform(-5, 5, gy.shape)
-        gxi = np.clip(gx.astype(int), 0, size - 1)
-        gyi = np.clip(gy.astype(int), 0, size - 1)
-        keep = wood[gyi, gxi] > thr
-        for x, y in zip(gx[keep], gy[keep], strict=True):
-            cands.append((float(x), float(y), False))
+        # Woodland: a jittered grid of trees where low-frequency noise is high.
+        spacing = 15.0
+        n = int(math.ceil(size / spacing))
+        wood = _noise(rng, n, 90 / spacing)
+        gy, gx = np.mgrid[0:n, 0:n].astype(float) * spacing
+        gx += rng.uniform(-5, 5, gx.shape)
+        gy += rng.uniform(-5, 5, gy.shape)
+        keep = wood > 1.3 - 0.9 * density
+        cands.extend((float(x), float(y), False) for x, y in zip(gx[keep], gy[keep], strict=True))
     if not cands:
         return
     arr = np.array(cands, dtype=float)
@@ -594,9 +782,15 @@ def _place_trees(rng: np.random.Generator, lay: _Layout, occ: _Occupancy, densit
     roll = rng.random(n)
     palm = (roll < 0.35) if coastal else np.zeros(n, bool)
     pine = ~palm & (roll > 0.78)
-    r = np.where(palm, rng.uniform(5, 9, n), np.where(pine, rng.uniform(4, 7.5, n), rng.uniform(5, 13, n)))
-    h = np.where(palm, rng.uniform(16, 26, n), np.where(pine, rng.uniform(16, 28, n), rng.uniform(10, 24, n)))
-    base = np.where(palm[:, None], (88, 104, 58), np.where(pine[:, None], (42, 60, 44), (58, 76, 44)))
+    r = np.where(
+        palm, rng.uniform(5, 9, n), np.where(pine, rng.uniform(4, 7.5, n), rng.uniform(5, 13, n))
+    )
+    h = np.where(
+        palm, rng.uniform(16, 26, n), np.where(pine, rng.uniform(16, 28, n), rng.uniform(10, 24, n))
+    )
+    base = np.where(
+        palm[:, None], (88, 104, 58), np.where(pine[:, None], (42, 60, 44), (58, 76, 44))
+    )
     tone = base * rng.normal(1.0, 0.08, (n, 1)) * rng.normal(1.0, 0.04, (n, 3))
     # Keep the trunk out of roofs; the canopy may overhang a roof edge slightly.
     ok = np.ones(n, bool)
@@ -606,7 +800,31 @@ def _place_trees(rng: np.random.Generator, lay: _Layout, occ: _Occupancy, densit
         ok &= ~occ.build[py, px]
     kinds = np.where(palm, "palm", np.where(pine, "pine", "broad"))
     for i in np.flatnonzero(ok):
-        lay.trees.append(_Tree(float(x[i]), float(y[i]), float(r[i]), float(h[i]), str(kinds[i]), tuple(tone[i])))
+        lay.trees.append(
+            _Tree(float(x[i]), float(y[i]), float(r[i]), float(h[i]), str(kinds[i]), tuple(tone[i]))
+        )
+    # Foundation shrubs hugging the walls: lower than any eave, so they never cover a roof.
+    for h in lay.houses:
+        if h.kind != "house":
+            continue
+        c, s = math.cos(h.theta), math.sin(h.theta)
+        us = [p[0] for p in h.outline]
+        vs = [p[1] for p in h.outline]
+        for _ in range(int(rng.poisson(1.0 + 3.0 * density))):
+            r = rng.uniform(2.0, 4.0)
+            side = rng.integers(3)
+            if side == 0:
+                u, v = rng.uniform(min(us), max(us)), min(vs) - r - 1.5
+            else:
+                u, v = (
+                    (min(us) - r - 1.5) if side == 1 else (max(us) + r + 1.5),
+                    rng.uniform(min(vs), max(vs)),
+                )
+            x, y = h.cx + u * c - v * s, h.cy + u * s + v * c
+            if 0 <= x < size and 0 <= y < size and not occ.road[int(y), int(x)]:
+                g = rng.normal(1.0, 0.1)
+                tone = (62 * g, 84 * g, 48 * g)
+                lay.trees.append(_Tree(float(x), float(y), r, rng.uniform(2.0, 5.0), "broad", tone))
 
 
 def _layout(seed: int, index: int, size: int) -> _Layout:
@@ -614,34 +832,52 @@ def _layout(seed: int, index: int, size: int) -> _Layout:
     ss = np.random.SeedSequence([seed, index, size])
     lay_ss, tex_ss, pre_ss, post_ss = ss.spawn(4)
     rng = np.random.default_rng(lay_ss)
-    rho = float(np.clip(rng.beta(2.0, 1.6), 0.05, 1.0))
-    settlement = "rural" if rho < 0.28 else ("suburban" if rho < 0.72 else "dense")
+    rho = float(np.clip(rng.beta(1.8, 1.2), 0.05, 1.0))
+    settlement = "rural" if rho < 0.3 else ("suburban" if rho < 0.72 else "dense")
     shoreline = bool(rng.random() < 0.35)
     disaster_type = "flooding" if rng.random() < 0.35 else "wind"
     az = float(rng.uniform(95, 265))
     el = float(rng.uniform(32, 60))
-    sun_post = (float((az + rng.normal(0, 14)) % 360), float(np.clip(el + rng.normal(0, 6), 32, 72)))
-    phi = rng.choice([0.0, math.pi / 2]) + rng.normal(0, 0.04) if rng.random() < 0.5 else rng.uniform(0, math.pi)
+    sun_post = (
+        float((az + rng.normal(0, 14)) % 360),
+        float(np.clip(el + rng.normal(0, 6), 32, 72)),
+    )
+    phi = (
+        rng.choice([0.0, math.pi / 2]) + rng.normal(0, 0.04)
+        if rng.random() < 0.5
+        else rng.uniform(0, math.pi)
+    )
     shore_d = None
     beach = float(rng.uniform(18, 55))
     if shoreline:
         ang = rng.uniform(0, 2 * math.pi)
         nx, ny = math.cos(ang), math.sin(ang)  # points inland
-        ys, xs = np.mgrid[0:size, 0:size].astype(_F)
+        coords = np.arange(size, dtype=_F) - _F(size / 2)
         # Put the water line so that 8..35 % of the scene is sea.
-        proj = (xs - size / 2) * nx + (ys - size / 2) * ny
+        proj = coords[None, :] * _F(nx) + coords[:, None] * _F(ny)
         level = float(np.quantile(proj[::8, ::8], rng.uniform(0.08, 0.35)))
         wobble = _noise(rng, size, 160) * _F(rng.uniform(10, 40)) + _noise(rng, size, 40) * _F(4)
         shore_d = (proj - _F(level) + wobble).astype(_F)
         if rng.random() < 0.7:
             phi = ang + math.pi / 2  # streets parallel to the coast
     lay = _Layout(
-        size=size, rho=rho, settlement=settlement, shoreline=shoreline,
-        disaster_type=disaster_type, sun_pre=(az, el), sun_post=sun_post,
-        lush=float(rng.uniform(-0.25, 0.25)), soil_level=float(rng.uniform(0.6, 1.6)),
-        severity=float(rng.beta(1.4, 2.4)), flood_target=float(rng.uniform(0.12, 0.4)),
-        shore_d=shore_d, beach=beach, wind=float(rng.uniform(0, 2 * math.pi)),
-        tex_seed=tex_ss, pre_seed=pre_ss, post_seed=post_ss,
+        size=size,
+        rho=rho,
+        settlement=settlement,
+        shoreline=shoreline,
+        disaster_type=disaster_type,
+        sun_pre=(az, el),
+        sun_post=sun_post,
+        lush=float(rng.uniform(-0.25, 0.25)),
+        soil_level=float(rng.uniform(0.6, 1.6)),
+        severity=float(rng.beta(1.4, 2.4)),
+        flood_target=float(rng.uniform(0.12, 0.4)),
+        shore_d=shore_d,
+        beach=beach,
+        wind=float(rng.uniform(0, 2 * math.pi)),
+        tex_seed=tex_ss,
+        pre_seed=pre_ss,
+        post_seed=post_ss,
     )
     rural = settlement == "rural"
     lay.roads = _rural_roads(rng, size, phi) if rural else _suburban_roads(rng, size, rho, phi)
@@ -663,7 +899,7 @@ def _layout(seed: int, index: int, size: int) -> _Layout:
 class _Base:
     """Phase-independent rendering: textured ground, labels, building mask, noise fields."""
 
-    rgb: np.ndarray  # (H, W, 3) float32 ground colour
+    rgb: np.ndarray  # (3, H, W) float32 ground colour, planar (see _planar)
     label: np.ndarray  # (H, W) uint8 ground label
     mask: np.ndarray  # (H, W) uint8 building footprints
     fine: np.ndarray
@@ -687,19 +923,25 @@ def _base(lay: _Layout) -> _Base:
     med = _noise(rng, size, 22)
     large = _noise(rng, size, 90)
     huge = _noise(rng, size, 260)
-    med2 = np.roll(med, (size // 3, size // 5), axis=(0, 1))
-    small2 = np.roll(small, (size // 7, size // 2), axis=(0, 1))
+    # Extra independent-looking fields for free: flipped copies (no seams, unlike
+    # np.roll, whose wrap-around edge shows as a straight line in smooth noise).
+    med2 = np.ascontiguousarray(med[:, ::-1])
+    small2 = np.ascontiguousarray(small[::-1, :])
 
     # Natural ground: grass from lush to dry, patches of bare soil.
-    veg = 0.55 + 0.22 * huge + 0.14 * large + 0.08 * med + lay.lush
-    veg = np.clip(veg, 0.0, 1.0)[..., None]
-    lush_c = np.array([82, 101, 60], _F)
-    dry_c = np.array([152, 145, 108], _F)
-    grass = dry_c + (lush_c - dry_c) * veg
-    grass *= (1 + 0.05 * small + 0.035 * fine + 0.05 * med2)[..., None]
+    # Per channel: dry * X + (lush - dry) * Y + soil * Z with three shared scalar fields.
+    veg = np.clip(0.55 + 0.22 * huge + 0.14 * large + 0.08 * med + lay.lush, 0.0, 1.0)
     soil_w = _smoothstep(0.0, 0.35, 0.6 * med2 + 0.3 * large + 0.25 * small2 - lay.soil_level)
-    soil_c = np.array([150, 124, 96], _F) * (1 + 0.08 * small2 + 0.06 * fine)[..., None]
-    rgb = grass + (soil_c - grass) * soil_w[..., None]
+    x_f = (1 + 0.05 * small + 0.035 * fine + 0.05 * med2) * (1 - soil_w)
+    y_f = x_f * veg
+    z_f = (1 + 0.08 * small2 + 0.06 * fine) * soil_w
+    rgb = np.empty((3, size, size), _F)
+    for ch, (dry, lush, soil) in enumerate(
+        zip((152, 145, 108), (86, 102, 64), (150, 124, 96), strict=True)
+    ):
+        np.multiply(x_f, _F(dry), out=rgb[ch])
+        rgb[ch] += y_f * _F(lush - dry)
+        rgb[ch] += z_f * _F(soil)
     label = np.where(soil_w > 0.5, _SOIL, _GRASS).astype(np.uint8)
 
     # Suburban lawns: each lot mowed and watered a little differently.
@@ -712,21 +954,21 @@ def _base(lay: _Layout) -> _Base:
         tints = np.ones((256, 3), _F)
         tints[1:] = rng.normal(1.0, 0.05, (255, 1)) * rng.normal(1.0, 0.03, (255, 3))
         tints[1:, 1] *= rng.normal(1.02, 0.03, 255)
-        lawn = idx > 0
-        rgb[lawn] *= tints[idx[lawn]]
+        for ch in range(3):
+            rgb[ch] *= tints[:, ch][idx]  # index 0 (no lot) has tint 1
 
     # Rural crop parcels with row stripes.
     if lay.fields:
-        crops = np.array([(120, 132, 70), (170, 150, 100), (132, 110, 84), (96, 122, 62)], _F)
+        crops = np.array([(122, 128, 86), (158, 146, 110), (134, 116, 92), (104, 118, 76)], _F)
         for rect, k in lay.fields:
             got = _rect_mask(rect, size)
             if got is None:
                 continue
             sl, inside = got
             loc = _local(rect.cx, rect.cy, rect.theta, math.hypot(rect.a, rect.b) + 1, size)
-            rows = 1 + 0.07 * np.sin(loc[2] * (2 * math.pi / 4.0))
-            col = crops[k] * rows[..., None] * (1 + 0.05 * small[sl])[..., None]
-            rgb[sl][inside] = col[inside]
+            rows = 1 + 0.05 * np.sin(loc[2] * (2 * math.pi / 4.0)) + 0.04 * med[sl]
+            shade = (rows * (1 + 0.05 * small[sl]))[inside]
+            rgb[(slice(None), *sl)][:, inside] = crops[k][:, None] * shade
             label[sl][inside] = _SOIL if k == 2 else _GRASS
 
     # Shore: sea, wet sand, beach, dune grass.
@@ -739,27 +981,31 @@ def _base(lay: _Layout) -> _Base:
         sm, fi, md = small.ravel()[sel], fine.ravel()[sel], med.ravel()[sel]
         dist = np.arange(-256, 256, dtype=_F)
         qi = np.clip(d + 3 * sm + 256, 0, 511).astype(np.intp)
-        qs = np.clip(d + 6 * sm + 9 * md + 256, 0, 511).astype(np.intp)
+        qs = np.clip(d + 2 * sm + 10 * md + 14 * large.ravel()[sel] + 256, 0, 511).astype(np.intp)
         depth = np.clip(-dist / 90.0, 0, 1) ** 0.6
         shallow = np.array([104, 150, 146], _F)
         deep = np.array([34, 70, 88], _F)
         sea_lut = shallow + (deep - shallow) * depth[:, None]
-        surf = np.exp(-(((dist + 6) / 2.5) ** 2)) + 0.6 * np.exp(-(((dist + 19) / 3.5) ** 2))
+        surf = np.exp(-(((dist + 5) / 2.5) ** 2)) + 0.35 * np.exp(-(((dist + 17) / 3.0) ** 2))
         surf[surf < 1e-3] = 0  # no float32 denormals: they make every later multiply crawl
-        foam = surf[qi] * _smoothstep(-0.6, 0.9, 0.7 * sm + 0.4 * fi)
-        sea = sea_lut[qi] * (1 + 0.04 * md + 0.025 * sm)[:, None]
-        sea += (np.array([230, 235, 232], _F) - sea) * (0.75 * foam)[:, None]
+        # Breakers: bands along the shore, broken into long runs by the along-shore noise.
+        qf = np.clip(d + 2.5 * md + 256, 0, 511).astype(np.intp)
+        foam = surf[qf] * _smoothstep(-0.5, 0.8, md + 0.3 * sm + 0.15 * fi)
+        sea = sea_lut.T[:, qi] * (1 + 0.04 * md + 0.025 * sm)
+        sea += (np.array([230, 235, 232], _F)[:, None] - sea) * (0.75 * foam)
         wet = 0.78 + 0.22 * _smoothstep(0, 10, dist)
-        sand_lut = np.array([214, 201, 172], _F) * wet[:, None]
-        sand_c = sand_lut[qi] * (1 + 0.04 * small2.ravel()[sel] + 0.035 * fi)[:, None]
-        sand_w = (1 - _smoothstep(lay.beach - 8, lay.beach + 8, dist))[qs]
+        sand_c = np.array([214, 201, 172], _F)[:, None] * (
+            wet[qi] * (1 + 0.04 * small2.ravel()[sel] + 0.035 * fi)
+        )
+        sand_w = (1 - _smoothstep(lay.beach - 5, lay.beach + 5, dist))[qs]
         sand_w[(sand_w > 0.2) & (sand_w < 0.8) & (fi > 0.6)] *= 0.3  # dune grass tufts
         edge = _smoothstep(-1.5, 1.5, dist)[qi]
-        flat = rgb.reshape(-1, 3)
-        px = flat[sel]
-        px += (sand_c - px) * sand_w[:, None]
-        px += (sea - px) * (1 - edge)[:, None]
-        flat[sel] = px
+        label = np.ascontiguousarray(label)
+        flat = rgb.reshape(3, -1)  # a view: rgb is freshly allocated, C-contiguous
+        px = flat[:, sel]
+        px += (sand_c - px) * sand_w
+        px += (sea - px) * (1 - edge)
+        flat[:, sel] = px
         lab = label.reshape(-1)
         lab[sel[sand_w > 0.5]] = _SAND
         lab[sel[d < 0]] = _WATER
@@ -812,39 +1058,48 @@ def _base(lay: _Layout) -> _Base:
     has = paved > 0
     codes = paved[has]
     tex = (1 + 0.06 * fine + 0.05 * small + 0.03 * med)[has]
-    col = lut[codes] * tex[:, None]
     pool_px = codes == _POOL
-    if pool_px.any():
-        col[pool_px] = lut[_POOL] * (1 + 0.03 * fine[has][pool_px])[:, None]
     bare_px = codes == _BARE
+    if pool_px.any():
+        tex[pool_px] = 1 + 0.03 * fine[has][pool_px]
     if bare_px.any():
-        col[bare_px] = lut[_BARE] * (1 + 0.1 * small2[has][bare_px] + 0.05 * fine[has][bare_px])[:, None]
-    patch = (med[has] > 1.3) & (codes < _CONCRETE)
-    col[patch] *= 0.88
-    rgb[has] = col
+        tex[bare_px] = 1 + 0.1 * small2[has][bare_px] + 0.05 * fine[has][bare_px]
+    tex[(med[has] > 1.3) & (codes < _CONCRETE)] *= 0.88  # patched asphalt
+    rgb[:, has] = lut.T[:, codes] * tex
     road_label = np.full(codes.shape, _ROAD, np.uint8)
     road_label[pool_px] = _WATER
     road_label[bare_px] = _SOIL
     label[has] = road_label
     paint = (mk > 0) & (paved > 0) & (paved < _CONCRETE)
-    rgb[paint & (mk == 1)] = rgb[paint & (mk == 1)] * 0.4 + np.array([225, 225, 220], _F) * 0.6
-    rgb[paint & (mk == 2)] = rgb[paint & (mk == 2)] * 0.5 + np.array([205, 180, 90], _F) * 0.5
+    for code, colour, a in ((1, (225, 225, 220), 0.6), (2, (205, 180, 90), 0.5)):
+        m = paint & (mk == code)
+        rgb[:, m] = rgb[:, m] * _F(1 - a) + np.array(colour, _F)[:, None] * _F(a)
 
     # Building footprints: the label, computed from the same polygons we publish.
     mask = np.zeros((size, size), np.uint8)
     cache = []
     for h in lay.houses:
         got = _house_mask(h, size)
-        cache.append(got)
-        if got is not None:
-            sl, inside, _, _ = got
+        if got is not None and got[1].any():
+            sl, inside, u, v = got
             mask[sl][inside] = 1
+            cache.append((sl, inside, u, v, _roof_geometry(h, u, v)))
+        else:
+            cache.append(None)
     roof_tex = 1 + 0.045 * fine + 0.035 * small + 0.03 * med
     leaf = 1 + 0.22 * fine + 0.12 * small
     crown = 0.18 * small + 0.1 * fine
     strip = fine + 0.6 * small
     grain = rng.integers(-3, 4, (size, size), dtype=np.int8).astype(_F)
-    return _Base(rgb, label, mask, fine, small, med, large, paved, roof_tex, leaf, crown, strip, grain, cache)
+    return _Base(
+        rgb, label, mask, fine, small, med, large, paved, roof_tex, leaf, crown, strip, grain, cache
+    )
+
+
+def _blend(rgb: np.ndarray, colour: tuple, weight: np.ndarray) -> None:
+    """rgb <- rgb + (colour - rgb) * weight, in place, channel plane by channel plane."""
+    for ch in range(3):
+        rgb[ch] += (_F(colour[ch]) - rgb[ch]) * weight
 
 
 def _sun_vector(az: float, el: float) -> np.ndarray:
@@ -852,23 +1107,36 @@ def _sun_vector(az: float, el: float) -> np.ndarray:
     return np.array([math.sin(a) * math.cos(e), -math.cos(a) * math.cos(e), math.sin(e)], _F)
 
 
+def _shift_max(dst: np.ndarray, src: np.ndarray, ox: int, oy: int, drop: float) -> None:
+    """dst[y, x] = max(dst[y, x], src[y + oy, x + ox] - drop) where the source is in bounds."""
+    rows, cols = src.shape
+    if abs(ox) >= cols or abs(oy) >= rows:
+        return
+    d = (slice(max(0, -oy), rows - max(0, oy)), slice(max(0, -ox), cols - max(0, ox)))
+    s = (slice(max(0, oy), rows - max(0, -oy)), slice(max(0, ox), cols - max(0, -ox)))
+    np.maximum(dst[d], src[s] - _F(drop), out=dst[d])
+
+
 def _cast_shadow(height: np.ndarray, az: float, el: float) -> np.ndarray:
-    """Boolean shadow of a height map (px units) for one sun direction, loop over ray steps."""
+    """Boolean shadow of a height map (px units) for one sun direction.
+
+    A pixel is shadowed when something along the ray towards the sun rises above the ray. The
+    running maximum over ray steps is built by doubling (steps 1, 2, 4, ...), so a 40 px long
+    shadow costs 6 whole-image passes instead of 40."""
     hmax = float(height.max())
-    rows, cols = height.shape
     if hmax < 1.0:
         return np.zeros(height.shape, bool)
     tx, ty = math.sin(math.radians(az)), -math.cos(math.radians(az))
-    step = 1.0 / max(abs(tx), abs(ty))
-    drop = step * math.tan(math.radians(el))
-    occl = np.zeros_like(height)
-    for k in range(1, int(math.ceil(hmax / drop)) + 1):
-        ox, oy = int(round(k * step * tx)), int(round(k * step * ty))
-        if abs(ox) >= cols or abs(oy) >= rows:
-            break
-        dst = (slice(max(0, -oy), rows - max(0, oy)), slice(max(0, -ox), cols - max(0, ox)))
-        src = (slice(max(0, oy), rows - max(0, -oy)), slice(max(0, ox), cols - max(0, -ox)))
-        np.maximum(occl[dst], height[src] - _F(k * drop), out=occl[dst])
+    step = 1.0 / max(abs(tx), abs(ty))  # one pixel along the major axis
+    drop = step * math.tan(math.radians(el))  # the ray rises this much per step
+    n = int(math.ceil(hmax / drop))
+    occl = np.full(height.shape, -1.0, _F)  # max over steps 1..span of h(p + k d) - k drop
+    _shift_max(occl, height, int(round(step * tx)), int(round(step * ty)), drop)
+    span = 1
+    while span < n:
+        ox, oy = int(round(span * step * tx)), int(round(span * step * ty))
+        _shift_max(occl, occl.copy(), ox, oy, span * drop)
+        span *= 2
     return occl > height + 0.8
 
 
@@ -879,13 +1147,16 @@ def _assign_damage(lay: _Layout, rng: np.random.Generator, flood: np.ndarray | N
     if n == 0:
         return []
     s = lay.severity
-    shares = np.array([0.02 + 0.26 * s * s, 0.03 + 0.14 * s, 0.07 + 0.2 * s])  # destroyed, major, minor
-    swath = _noise(rng, lay.size, 220)
+    shares = np.array(
+        [0.02 + 0.26 * s * s, 0.03 + 0.14 * s, 0.07 + 0.2 * s]
+    )  # destroyed, major, minor
+    coarse = 8  # the swath is smooth: draw it on a coarse grid and sample that
+    swath = _noise(rng, lay.size // coarse + 1, 220 / coarse)
     score = np.empty(n)
     for i, h in enumerate(lay.houses):
         xi = int(np.clip(h.cx, 0, lay.size - 1))
         yi = int(np.clip(h.cy, 0, lay.size - 1))
-        z = swath[yi, xi] + rng.normal(0, 0.7)
+        z = swath[yi // coarse, xi // coarse] + rng.normal(0, 0.7)
         if lay.shore_d is not None:
             z += 1.5 * math.exp(-max(float(lay.shore_d[yi, xi]) - lay.beach, 0) / 120)
         if flood is not None and flood[yi, xi]:
@@ -905,70 +1176,82 @@ def _assign_damage(lay: _Layout, rng: np.random.Generator, flood: np.ndarray | N
     return classes
 
 
-def _paint_roof(
-    rgb: np.ndarray, top: np.ndarray, kind: np.ndarray, base: _Base, h: _House, cache, sun: np.ndarray,
-    damage: str | None, rng: np.random.Generator | None,
-) -> None:
-    """Roof faces shaded by one sun (gable: two faces, hip: four), texture and post damage.
+def _roof_geometry(h: _House, u: np.ndarray, v: np.ndarray) -> tuple:
+    """Per-pixel roof height above the eaves, face index, eave-parallel coordinate, distance to
+    the outline and ridge lines. Phase-independent, so computed once per location.
 
-    Every face is planar, so its brightness is one number from a small table indexed by face;
-    the union of an L's two wings takes the higher roof per pixel, which draws the valleys."""
-    sl, inside, u, v = cache
-    if not inside.any():
-        return
+    Faces: 0/1 slope down towards -v/+v, 2/3 towards -u/+u (+4 per extra wing). The union of
+    an L's two wings takes the higher roof per pixel, which draws the valleys."""
     p = h.pitch
-    c, s = math.cos(h.theta), math.sin(h.theta)
-    table = []
-    multi = len(h.sections) > 1
     for k, (cu, cv, a, b) in enumerate(h.sections):
-        du, dv = u - cu, v - cv
+        du, dv = u - _F(cu), v - _F(cv)
         eu, ev = a - np.abs(du), b - np.abs(dv)
-        inner_k = np.minimum(eu, ev)  # distance to this section's outline (>= 0 inside)
+        inner_k = np.minimum(eu, ev)  # distance to this wing's outline (>= 0 inside)
+        rl = None
         if h.roof == "flat":
             hz = np.zeros(u.shape, _F)
-            face = np.zeros(u.shape, np.intp)
+            face = np.zeros(u.shape, np.uint8)
             al = du
-            rl = None
         elif h.roof == "hip":
             end = eu < ev  # nearer a short end: a triangular hip face
             hz = p * inner_k
-            face = np.where(end, np.where(du < 0, 2, 3), np.where(dv < 0, 0, 1))
+            face = np.where(end, (du >= 0) + 2, dv >= 0).astype(np.uint8)
             al = np.where(end, dv, du)
             rl = np.abs(eu - ev) < 0.6
         elif a >= b:  # gable, ridge along u
             hz = p * ev
-            face = np.where(dv < 0, 0, 1)
+            face = (dv >= 0).astype(np.uint8)
             al = du
             rl = np.abs(dv) < 0.7
         else:  # gable, ridge along v
             hz = p * eu
-            face = np.where(du < 0, 2, 3)
+            face = (du >= 0).astype(np.uint8) + 2
             al = dv
             rl = np.abs(du) < 0.7
-        for fu, fv in ((0, -1), (0, 1), (-1, 0), (1, 0)):
-            if h.roof == "flat":
-                nx, ny, nz = 0.0, 0.0, 1.0
-            else:
-                nx, ny, nz = p * (fu * c - fv * s), p * (fu * s + fv * c), 1.0
-            lam = (nx * sun[0] + ny * sun[1] + nz * sun[2]) / math.sqrt(nx * nx + ny * ny + 1)
-            table.append((0.32 + 0.68 * max(lam, 0.0)) / (0.32 + 0.68 * float(sun[2])))
-        if not multi:
-            z, faces, along, inner, ridge = hz, face, al, inner_k, rl
-            break
+        if len(h.sections) == 1:
+            return hz, face, al, inner_k, rl
         sec = (eu >= 0) & (ev >= 0)
         if k == 0:
-            win = sec
-            z = np.where(win, hz, -1.0)
+            z = np.where(sec, hz, -1.0)
             faces, along, inner = face, al, np.where(sec, inner_k, -1.0)
-            ridge = None if rl is None else rl & win
+            ridge = None if rl is None else rl & sec
         else:
             win = sec & (hz > z)
             z = np.where(win, hz, z)
-            faces = np.where(win, face + 4 * k, faces)
+            faces = np.where(win, face + 4 * k, faces).astype(np.uint8)
             along = np.where(win, al, along)
             inner = np.maximum(inner, np.where(sec, inner_k, -1.0))
             if rl is not None:
                 ridge = np.where(win, rl, ridge)
+    return z.astype(_F), faces, along, inner, ridge
+
+
+def _paint_roof(
+    rgb: np.ndarray,
+    top: np.ndarray,
+    kind: np.ndarray,
+    base: _Base,
+    h: _House,
+    cache: tuple,
+    sun: np.ndarray,
+    damage: str | None,
+    rng: np.random.Generator | None,
+) -> None:
+    """Roof faces shaded by one sun (gable: two faces, hip: four), texture and post damage.
+
+    Every face is planar, so its brightness is one number from a small table indexed by face."""
+    sl, inside, u, v, (z, faces, along, inner, ridge) = cache
+    p = h.pitch
+    c, s = math.cos(h.theta), math.sin(h.theta)
+    table = []
+    for _ in h.sections:
+        for fu, fv in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+            if h.roof == "flat":
+                nx, ny = 0.0, 0.0
+            else:
+                nx, ny = p * (fu * c - fv * s), p * (fu * s + fv * c)
+            lam = (nx * sun[0] + ny * sun[1] + sun[2]) / math.sqrt(nx * nx + ny * ny + 1)
+            table.append((0.32 + 0.68 * max(lam, 0.0)) / (0.32 + 0.68 * float(sun[2])))
     shade = np.asarray(table, _F)[faces] * base.roof_tex[sl]
     if h.material == "metal":
         shade += 0.05 * np.sin(along * _F(2 * math.pi / 2.6))
@@ -982,20 +1265,37 @@ def _paint_roof(
     else:
         shade[inner < 1.0] *= 0.9  # eaves and gutters
     col = np.asarray(h.colour, _F) * shade[..., None]
-    if h.roof == "flat":
-        fine = base.fine[sl]
-        for cu, cv, a, b in h.extras:
-            # Rooftop units: bright boxes that cast their own small shadows.
-            unit = (np.abs(u - cu) <= a) & (np.abs(v - cv) <= b) & inside
-            col[unit] = np.array([200, 200, 196], _F) * (1 + 0.03 * fine[unit])[:, None]
-            height = np.where(unit, height + 3.0, height)
+    for what, cu, cv, a, b in h.extras:
+        box = (np.abs(u - cu) <= a) & (np.abs(v - cv) <= b) & inside
+        if not box.any():
+            continue
+        fine = base.fine[sl][box]
+        if what == "solar":
+            # Dark cells with a light frame grid; they follow the roof plane.
+            grid = (np.abs((u[box] - cu) % 3.3 - 1.65) > 1.3) | (
+                np.abs((v[box] - cv) % 2.2 - 1.1) > 0.85
+            )
+            cell = np.where(grid[:, None], (92, 98, 112), (34, 42, 62)).astype(_F)
+            col[box] = cell * (np.asarray(table, _F)[faces[box]] * (1 + 0.02 * fine))[:, None]
+            continue
+        tone = (
+            (200, 200, 196)
+            if what == "unit"
+            else (128, 84, 70)
+            if (cu * 7) % 2 < 1
+            else (118, 116, 112)
+        )
+        col[box] = np.array(tone, _F) * (1 + 0.03 * fine)[:, None]
+        height = np.where(box, height + (3.0 if what == "unit" else 4.0), height)
 
     if damage is not None and damage != "no-damage" and rng is not None:
-        col, height = _damage_roof(col, height, inside, u, v, along, shade, h, damage, base, sl, rng)
+        col, height = _damage_roof(
+            col, height, inside, u, v, along, shade, h, damage, base, sl, rng
+        )
 
     cur = top[sl]
     win = inside & (height > cur)
-    rgb[sl][win] = col[win]
+    rgb[(slice(None), *sl)][:, win] = col[win].T
     cur[win] = height[win]
     kind[sl][win] = 1
 
@@ -1015,12 +1315,27 @@ def _erode(m: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _damage_roof(col, height, inside, u, v, along, shade, h: _House, damage: str, base: _Base, sl, rng):
+def _damage_roof(
+    col: np.ndarray,
+    height: np.ndarray,
+    inside: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    along: np.ndarray,
+    shade: np.ndarray,
+    h: _House,
+    damage: str,
+    base: _Base,
+    sl: _Slices,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Post-storm roof: missing shingles, blue tarps, open rafters, or a rubble pile."""
     fine, small, med = base.fine[sl], base.small[sl], base.med[sl]
     umin, vmin = min(p[0] for p in h.outline), min(p[1] for p in h.outline)
     umax, vmax = max(p[0] for p in h.outline), max(p[1] for p in h.outline)
-    tarp_c = np.array(rng.choice([(40, 96, 182), (52, 112, 190), (30, 80, 160), (70, 120, 170)]), _F)
+    tarp_c = np.array(
+        rng.choice([(40, 96, 182), (52, 112, 190), (30, 80, 160), (70, 120, 170)]), _F
+    )
 
     def patches(k: int, lo: float, hi: float) -> np.ndarray:
         m = np.zeros(u.shape, bool)
@@ -1034,9 +1349,19 @@ def _damage_roof(col, height, inside, u, v, along, shade, h: _House, damage: str
         side = rng.choice([-1, 1])
         lo = rng.uniform(-a, a * (1 - 2 * frac))
         if a >= b:
-            m = (u - cu >= lo) & (u - cu <= lo + 2 * a * frac) & ((v - cv) * side >= 0) & ((v - cv) * side <= b * 0.92)
+            m = (
+                (u - cu >= lo)
+                & (u - cu <= lo + 2 * a * frac)
+                & ((v - cv) * side >= 0)
+                & ((v - cv) * side <= b * 0.92)
+            )
         else:
-            m = (v - cv >= lo * b / a) & (v - cv <= (lo + 2 * a * frac) * b / a) & ((u - cu) * side >= 0) & ((u - cu) * side <= a * 0.92)
+            m = (
+                (v - cv >= lo * b / a)
+                & (v - cv <= (lo + 2 * a * frac) * b / a)
+                & ((u - cu) * side >= 0)
+                & ((u - cu) * side <= a * 0.92)
+            )
         return m & inside
 
     if damage == "minor-damage":
@@ -1061,7 +1386,7 @@ def _damage_roof(col, height, inside, u, v, along, shade, h: _House, damage: str
             t = tarp(rng.uniform(0.3, 0.8)) & ~miss
             col[t] = tarp_c * shade[t][:, None] * (1 + 0.05 * fine[t])[:, None]
     elif damage == "destroyed":
-        if rng.random() < 0.6:
+        if rng.random() < 0.7:
             # Rubble pile: a jumble of timber, roofing and drywall with no roof faces left.
             mix = 0.9 * small + 0.5 * med + 0.45 * fine + rng.normal(0, 0.3)
             pick = np.clip(((mix + 2.2) * 2.0).astype(int), 0, len(_RUBBLE) - 1)
@@ -1113,8 +1438,15 @@ def _tree_sprite(kind: str, r: float, variant: int, sun: np.ndarray) -> tuple:
 
 
 def _paint_tree(
-    rgb: np.ndarray, top: np.ndarray, kind: np.ndarray, base: _Base, t: _Tree, sun: np.ndarray,
-    size: int, post: float, sprites: dict,
+    rgb: np.ndarray,
+    top: np.ndarray,
+    kind: np.ndarray,
+    base: _Base,
+    t: _Tree,
+    sun: np.ndarray,
+    size: int,
+    post: float,
+    sprites: dict,
 ) -> None:
     """Canopy as a textured dome lit by the sun; palms as star-shaped crowns.
 
@@ -1143,28 +1475,25 @@ def _paint_tree(
     if post > 0:
         tone = tone + (np.array([112, 100, 78], _F) - tone) * _F(0.55 * post)
     shade = shade0[tl][win] * base.leaf[sl][win]
-    rgb[sl][win] = tone * shade[:, None]
+    rgb[(slice(None), *sl)][:, win] = tone[:, None] * shade
     cur[win] = height[win]
     kind[sl][win] = 2
 
 
-def _paint_rect(rgb, top, rect: _Rect, colour, height: float, size: int, base: _Base) -> None:
-    got = _rect_mask(rect, size)
-    if got is None:
-        return
-    sl, inside = got
+def _paint_car(rgb: np.ndarray, top: np.ndarray, rect: _Rect, colour: tuple, size: int) -> None:
+    """A car: a painted box with a darker windscreen/rear-window band, 1.5 m tall."""
     loc = _local(rect.cx, rect.cy, rect.theta, math.hypot(rect.a, rect.b) + 1, size)
-    u, v = loc[1], loc[2]
-    col = np.broadcast_to(np.array(colour, _F), inside.shape + (3,)).copy()
-    long_u = rect.a >= rect.b
-    ax = u if long_u else v
-    half = rect.a if long_u else rect.b
-    glass = (np.abs(ax) < half * 0.55) & (np.abs(ax) > half * 0.25)
-    col[glass] = col[glass] * 0.35 + 15
+    if loc is None:
+        return
+    sl, u, v = loc
+    inside = (np.abs(u) <= rect.a) & (np.abs(v) <= rect.b)
+    along = np.abs(u if rect.a >= rect.b else v) / max(rect.a, rect.b)
+    glass = (along < 0.55) & (along > 0.25)
     cur = top[sl]
-    win = inside & (height > cur)
-    rgb[sl][win] = col[win]
-    cur[win] = height
+    win = inside & (cur < 3.0)
+    tone = np.where(glass[win], 0.35, 1.0).astype(_F)
+    rgb[(slice(None), *sl)][:, win] = np.array(colour, _F)[:, None] * tone + 15 * (1 - tone)
+    cur[win] = 3.0
 
 
 def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str | None], dict]:
@@ -1180,7 +1509,7 @@ def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str
     kind = np.zeros((size, size), np.uint8)
 
     for rect, colour in lay.cars:
-        _paint_rect(rgb, top, rect, colour, 3.0, size, base)
+        _paint_car(rgb, top, rect, colour, size)
 
     flood = None
     wrack = None
@@ -1189,29 +1518,33 @@ def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str
         # Storm-burnt lawns, sand washed inland, then flood water over low ground. Each is one
         # blend of the whole image towards a colour, weighted per pixel.
         brown = (label == _GRASS) * _F(0.12 + 0.18 * lay.severity)
-        rgb += (np.array([142, 132, 96], _F) - rgb) * brown[..., None]
+        _blend(rgb, (142, 132, 96), brown)
         if lay.shore_d is not None:
-            reach = lay.shore_d - lay.beach + 30 * base.large + 18 * base.med + 8 * base.small
+            reach = lay.shore_d - lay.beach + 30 * base.large + 14 * base.med + 2 * base.small
             over = _smoothstep(-10, 10, 20 + 110 * lay.severity - reach) * (lay.shore_d > 0)
-            over *= _smoothstep(-0.6, 0.4, base.med + 0.5 * base.small) * _F(0.85)
-            rgb += (np.array([206, 192, 160], _F) - rgb) * over[..., None]
-        elev = base.large * 0.6 + np.roll(base.large, (size // 2, size // 3), axis=(0, 1)) * 0.5
-        elev += base.med * 0.15
-        if lay.shore_d is not None:
-            elev += np.clip(lay.shore_d, 0, 400) * _F(1 / 250)
-        target = lay.flood_target if lay.disaster_type == "flooding" else 0.02 * lay.severity
-        land = label != _WATER
-        sub = elev[::4, ::4][land[::4, ::4]]
-        thr = float(np.quantile(sub, target)) if sub.size else -9.0
-        depth = _F(thr) - elev
-        flood = (depth > 0) & land
-        if flood.any():
-            murk = np.array(rng.choice([(124, 108, 80), (108, 100, 72), (132, 116, 88), (96, 88, 70)]), _F)
+            over *= _smoothstep(-0.9, 0.6, base.med + 0.6 * base.large + 0.15 * base.small) * _F(
+                0.8
+            )
+            _blend(rgb, (206, 192, 160), over)
+        if lay.disaster_type == "flooding":
+            elev = base.large * 0.6 + base.large.T[::-1, :] * 0.5
+            elev += base.med * 0.15
+            if lay.shore_d is not None:
+                elev += np.clip(lay.shore_d, 0, 400) * _F(1 / 250)
+            land = label != _WATER
+            sub = elev[::4, ::4][land[::4, ::4]]
+            thr = float(np.quantile(sub, lay.flood_target)) if sub.size else -9.0
+            depth = _F(thr) - elev
+            flood = (depth > 0) & land
+            murk = np.array(
+                rng.choice([(124, 108, 80), (108, 100, 72), (132, 116, 88), (96, 88, 70)]), _F
+            )
             sheen = 1 + 0.04 * base.large + 0.03 * base.med
             alpha = np.clip(0.3 + depth * 2.5, 0, 0.93) * (flood & (top < 4.0))  # cars go under
-            rgb += (murk * sheen[..., None] - rgb) * alpha[..., None]
-        flooded_fraction = float(flood.mean())
-        wrack = (depth < 0) & (depth > -0.04) & land  # debris line at the high-water mark
+            for ch in range(3):
+                rgb[ch] += (murk[ch] * sheen - rgb[ch]) * alpha
+            flooded_fraction = float(flood.mean())
+            wrack = (depth < 0) & (depth > -0.04) & land  # debris line at the high-water mark
     classes: list[str | None] = [None] * len(lay.houses)
     if post:
         classes = _assign_damage(lay, rng, flood)
@@ -1234,14 +1567,15 @@ def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str
     shadow = np.asarray(shadow.filter(ImageFilter.BoxBlur(1)), dtype=_F) * _F(1 / 255)
     amb = np.array([0.40, 0.44, 0.54], _F)
     haze = _F(rng.uniform(0.02, 0.09))
-    gain = (rng.normal(1.0, 0.035, 3) * rng.uniform(0.93, 1.06)).astype(_F) * (1 - haze)
-    factor = shadow[..., None] * (-(1 - amb) * gain) + gain
-    rgb *= factor
-    grain = np.roll(base.grain, (size // 5, size // 9), axis=(0, 1)) if post else base.grain
-    rgb += grain[..., None]
-    rgb += np.array([175, 185, 200], _F) * haze
+    gain = (rng.normal(1.0, 0.02, 3) * rng.uniform(0.93, 1.06)).astype(_F) * (1 - haze)
+    for ch in range(3):
+        rgb[ch] *= shadow * _F(-(1 - amb[ch]) * gain[ch]) + gain[ch]
+    grain = base.grain[::-1] if post else base.grain  # a different noise frame per phase
+    for ch, sky in enumerate((175, 185, 200)):
+        rgb[ch] += grain + _F(sky * haze)
     np.clip(rgb, 0, 255, out=rgb)
-    image = np.asarray(Image.fromarray(rgb.astype(np.uint8)).filter(_BLUR))
+    planes = [Image.fromarray(rgb[ch].astype(np.uint8)) for ch in range(3)]
+    image = np.asarray(Image.merge("RGB", planes).filter(_BLUR))
 
     # Land cover as seen from above (buildings by footprint, then canopy, then ground).
     code = np.where(base.mask > 0, 6, np.where(kind == 2, 5, label))
@@ -1261,7 +1595,16 @@ def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str
     return image, classes, meta
 
 
-def _ground_debris(rgb, top, label, lay: _Layout, base: _Base, classes, wrack, rng) -> None:
+def _ground_debris(
+    rgb: np.ndarray,
+    top: np.ndarray,
+    label: np.ndarray,
+    lay: _Layout,
+    base: _Base,
+    classes: list[str | None],
+    wrack: np.ndarray | None,
+    rng: np.random.Generator,
+) -> None:
     """Scattered debris: dense around damaged buildings, blown downwind, plus the wrack line."""
     size = lay.size
     small_n = max(8, size // 8)
@@ -1276,12 +1619,13 @@ def _ground_debris(rgb, top, label, lay: _Layout, base: _Base, classes, wrack, r
     dens = ndimage.gaussian_filter(dens, 2.5) * 6
     dens = np.asarray(Image.fromarray(dens).resize((size, size), Image.Resampling.BILINEAR))
     dens = dens + 0.05 * lay.severity
-    hf = np.roll(base.fine, (size // 3, size // 7), axis=(0, 1))
+    hf = base.fine[::-1, ::-1]
     speck = (hf > 3.0 - np.clip(dens, 0, 1.5)) & (top < 1.0) & (label != _WATER)
-    speck |= wrack & (base.fine > 0.5)
+    if wrack is not None:
+        speck |= wrack & (base.fine > 0.5)
     if speck.any():
         idx = ((np.abs(base.small[speck]) * 7 + np.abs(hf[speck]) * 3).astype(int)) % len(_DEBRIS)
-        rgb[speck] = _DEBRIS[idx] * (0.85 + 0.1 * hf[speck])[:, None]
+        rgb[:, speck] = _DEBRIS[idx].T * (0.85 + 0.1 * hf[speck])
     # Loose planks and sheets: short bright strokes where debris is dense.
     n = int(dens.mean() * size * size / 900)
     if n > 0:
@@ -1293,10 +1637,14 @@ def _ground_debris(rgb, top, label, lay: _Layout, base: _Base, classes, wrack, r
         for x, y in zip(xs[keep], ys[keep], strict=True):
             a = rng.uniform(0, math.pi)
             ln = rng.uniform(2, 6)
-            draw.line([(x, y), (x + ln * math.cos(a), y + ln * math.sin(a))], fill=int(rng.integers(1, 8)), width=int(rng.integers(1, 3)))
+            draw.line(
+                [(x, y), (x + ln * math.cos(a), y + ln * math.sin(a))],
+                fill=int(rng.integers(1, 8)),
+                width=int(rng.integers(1, 3)),
+            )
         planks = np.asarray(img)
         m = (planks > 0) & (top < 1.0) & (label != _WATER)
-        rgb[m] = _DEBRIS[planks[m]]
+        rgb[:, m] = _DEBRIS[planks[m]].T
 
 
 # --------------------------------------------------------------------------------------------
@@ -1306,12 +1654,16 @@ def _ground_debris(rgb, top, label, lay: _Layout, base: _Base, classes, wrack, r
 def _check(seed: int, index: int, size: int) -> None:
     for name, value, low in (("seed", seed, 0), ("index", index, 0), ("size", size, MIN_SIZE)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"The '{name}' parameter must be an integer >= {low}. Got {value!r} instead.")
+            raise ValueError(
+                f"The '{name}' parameter must be an integer >= {low}. Got {value!r} instead."
+            )
 
 
 def _check_phase(phase: str) -> None:
     if phase not in PHASES:
-        raise ValueError(f"The 'phase' parameter must be one of {sorted(PHASES)}. Got {phase!r} instead.")
+        raise ValueError(
+            f"The 'phase' parameter must be one of {sorted(PHASES)}. Got {phase!r} instead."
+        )
 
 
 def _scene(lay: _Layout, base: _Base, seed: int, index: int, phase: str) -> Scene:
@@ -1354,7 +1706,9 @@ def generate_pair(seed: int, index: int, size: int = 1024) -> tuple[Scene, Scene
     _check(seed, index, size)
     lay = _layout(int(seed), int(index), int(size))
     base = _base(lay)
-    return _scene(lay, base, int(seed), int(index), "pre"), _scene(lay, base, int(seed), int(index), "post")
+    return _scene(lay, base, int(seed), int(index), "pre"), _scene(
+        lay, base, int(seed), int(index), "post"
+    )
 
 
 def generate_scene(seed: int, index: int, size: int = 1024, phase: str = "pre") -> Scene:
@@ -1371,8 +1725,14 @@ def iter_synthetic(
     n_locations: int, seed: int = 0, size: int = 1024, phases: tuple[str, ...] = ("pre", "post")
 ) -> Iterator[Scene]:
     """Scenes of locations 0..n_locations-1, lazily, each location's phases in the given order."""
-    if isinstance(n_locations, bool) or not isinstance(n_locations, (int, np.integer)) or n_locations < 0:
-        raise ValueError(f"The 'n_locations' parameter must be an integer >= 0. Got {n_locations!r} instead.")
+    if (
+        isinstance(n_locations, bool)
+        or not isinstance(n_locations, (int, np.integer))
+        or n_locations < 0
+    ):
+        raise ValueError(
+            f"The 'n_locations' parameter must be an integer >= 0. Got {n_locations!r} instead."
+        )
     for phase in phases:
         _check_phase(phase)
     _check(seed, 0, size)
