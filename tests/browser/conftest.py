@@ -45,11 +45,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def browser_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """(embeddings folder, run id) the browser tests use.
+    """(embeddings folder, run id) the browser tests use: the shipped demo, what a user sees.
 
-    THE place to switch the browser tests to the shipped demo, e.g.
-    ``return config.EMBEDDINGS_DIR, config.DEMO_EMBEDDINGS_RUN``. For now: the fixture run.
+    The demo is committed; should it be missing (a broken checkout), fall back to a generated
+    fixture run so the failure shows in the demo's own tests, not here.
     """
+    from app import config
+
+    if (config.EMBEDDINGS_DIR / config.DEMO_EMBEDDINGS_RUN / "manifest.json").is_file():
+        return config.EMBEDDINGS_DIR, config.DEMO_EMBEDDINGS_RUN
     from tests.fixture_run import make_fixture_run
 
     root = tmp_path_factory.mktemp("browser-embeddings")

@@ -19,10 +19,17 @@ def _open_explore(browser: Browser):
     return gd
 
 
-def test_explore_loads_without_console_errors(browser: Browser) -> None:
+def _n_tiles(browser_run) -> int:
+    from app.artifacts import EmbeddingsRun
+
+    root, run_id = browser_run
+    return len(EmbeddingsRun.open(run_id, root, check_model=False).tiles)
+
+
+def test_explore_loads_without_console_errors(browser: Browser, browser_run) -> None:
     gd = _open_explore(browser)
     n = browser.js("return arguments[0]._fullData[0].customdata.length", gd)
-    assert n == 300
+    assert n == _n_tiles(browser_run)
     assert browser.js("return arguments[0]._fullData[0].type", gd) == "scattergl"
     title = browser.css("#explore-large-title")[0].text
     assert title.startswith("UMAP map")
@@ -65,7 +72,7 @@ def test_selection_lists_tiles_in_a_paged_gallery(browser: Browser) -> None:
     assert browser.severe() == []
 
 
-def test_click_point_shows_detail_with_neighbours(browser: Browser) -> None:
+def test_click_point_shows_detail_with_neighbours(browser: Browser, browser_run) -> None:
     gd = _open_explore(browser)
     x, y, tid = browser.point(gd, 12)
     browser.pointer(x, y, click=True)
@@ -76,7 +83,7 @@ def test_click_point_shows_detail_with_neighbours(browser: Browser) -> None:
     browser.wait(lambda: browser.images_loaded(".detail-images img"), what="detail images")
     browser.wait(lambda: browser.images_loaded("#explore-neighbours img"), what="neighbour images")
     link = browser.css("#explain-link")[0].get_attribute("href")
-    assert link.endswith(f"/explain?tile={tid}&run=fixture-run")
+    assert link.endswith(f"/explain?tile={tid}&run={browser_run[1]}")
     # the highlight ring sits on the clicked point
     ring = browser.js("var t = arguments[0]._fullData[1]; return [t.x[0], t.y[0]]", gd)
     pt = browser.js("var t = arguments[0]._fullData[0]; return [t.x[12], t.y[12]]", gd)
@@ -109,7 +116,7 @@ def test_colour_by_continuous_column_shows_a_colorbar(browser: Browser) -> None:
     assert browser.severe() == []
 
 
-def test_enlarge_switches_the_large_map(browser: Browser) -> None:
+def test_enlarge_switches_the_large_map(browser: Browser, browser_run) -> None:
     gd = _open_explore(browser)
     button = browser.css('[id*=\'"index":"pca"\'][id*=\'explore-enlarge\']')[0]
     browser.js("arguments[0].scrollIntoView({block: 'center'});", button)
@@ -118,5 +125,7 @@ def test_enlarge_switches_the_large_map(browser: Browser) -> None:
                  what="PCA as the large map")
     browser.wait(lambda: "% var." in browser.js(
         "return arguments[0]._fullLayout.xaxis.title.text", gd), what="PCA axis title")
-    assert browser.js("return arguments[0]._fullData[0].customdata.length", gd) == 300
+    assert browser.js("return arguments[0]._fullData[0].customdata.length", gd) == _n_tiles(
+        browser_run
+    )
     assert browser.severe() == []
