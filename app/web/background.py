@@ -10,9 +10,12 @@ which a single-machine dashboard does not have.
 :class:`ThreadManager` implements the same protocol (``background=True``, ``progress=``,
 ``running=``, ``cancel=``) with a small thread pool, results and progress held in memory.
 Cancel sets a flag that the job's ``set_progress`` raises on (jobs stop at their next progress
-report). Limitation: a job's result lives in the process that ran it, so with several gunicorn
-workers the browser's polling must reach the same worker (one worker with threads, or sticky
-sessions); use ``CeleryManager`` for a multi-worker deployment.
+report). Jobs run inside the Flask app context of the request that started them (so they can
+use the flask-caching cache).
+
+Limitation: a job's result lives in the process that ran it, so with several gunicorn workers
+the browser's polling must reach the same worker (one worker with threads, or sticky sessions);
+use ``CeleryManager`` for a multi-worker deployment.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dash._utils import AttributeDict
 from dash.background_callback._proxy_set_props import ProxySetProps
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 from dash.exceptions import PreventUpdate
+from flask import current_app, has_app_context
 
 
 class JobCancelled(Exception):
@@ -53,7 +57,8 @@ class ThreadManager(BaseBackgroundCallbackManager):
     def make_job_fn(self, fn: Callable, progress: Any, key: str | None = None) -> Callable:
         manager = self
 
-        def job_fn(result_key: str, args: Any, context: dict, cancelled: threading.Event) -> None:
+        def job_fn(result_key: str, args: Any, context: dict, cancelled: threading.Event,
+                   flask_app: Any = None) -> None:
             def set_progress(value: Any) -> None:
                 if cancelled.is_set():
                     raise JobCancelled()
@@ -90,18 +95,23 @@ class ThreadManager(BaseBackgroundCallbackManager):
                     with manager._lock:
                         manager._results[result_key] = out
 
-            copy_context().run(run)
+            if flask_app is None:
+                copy_context().run(run)
+            else:  # the app context of the request that started the job (flask-caching...)
+                with flask_app.app_context():
+                    copy_context().run(run)
 
         return job_fn
 
     def call_job_fn(self, key: str, job_fn: Callable, args: Any, context: Any) -> str:
         job = uuid.uuid4().hex
         cancelled = threading.Event()
+        flask_app = current_app._get_current_object() if has_app_context() else None
         with self._lock:
             self._results.pop(key, None)
             self._progress.pop(key, None)
-            self._jobs[job] = (self._pool.submit(job_fn, key, args, dict(context), cancelled),
-                               cancelled)
+            future = self._pool.submit(job_fn, key, args, dict(context), cancelled, flask_app)
+            self._jobs[job] = (future, cancelled)
         return job
 
     def job_running(self, job: Any) -> bool:

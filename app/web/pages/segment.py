@@ -1,0 +1,354 @@
+"""Segment (``/segment``): upload an aerial image and see what the U-Net makes of it.
+
+The upload (PNG / JPEG / TIFF, 8/16-bit, grayscale, RGBA, palette, CMYK, up to
+``config.MAX_UPLOAD_BYTES``) is decoded by :func:`app.web.uploads.parse_upload`; a bad file is a
+clear message in the page and nothing else changes. A good one is segmented tile by tile
+(256 px tiles, 32 px overlap, raised-cosine blending: ``ModelService.segment_large``) in a
+background callback with a progress bar, then shown as a mask overlay and a probability map
+with the building count and area (``metrics.count_buildings``, watershed), Otsu and K-means
+colour baselines beside the U-Net, a Grad-CAM of the upload, a "Download mask PNG" button and
+the upload placed on the run's PCA / t-SNE / UMAP maps (``pipeline.place_new``) with its nearest
+stored tiles.
+
+Between callbacks the decoded upload lives in the shared flask-caching cache under its
+SHA-256 (a ≤1024 px copy for Grad-CAM, the mask PNG for the download), so the browser never
+sends the file twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+import numpy as np
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from app import config
+from app.web import analysis, components, figures, services, state, uploads, widgets
+from app.web import ids as shell
+from app.web import ids_ii as ids
+from app.web import segmentation as seg
+from app.web.analysis import METHOD_LABELS
+from app.web.background import MANAGER
+from app.web.cache import cache
+
+dash.register_page(__name__, path="/segment", name="Segment", title="Segment · U-Net Lens",
+                   order=4)
+
+TILE, OVERLAP, THRESHOLD = seg.TILE, seg.OVERLAP, seg.THRESHOLD
+MAP_HEIGHT = 420
+MAP_MAX_POINTS = 20_000
+MASK_COLOUR = (255, 196, 0)
+BASELINE_COLOUR = (0, 170, 255)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def summary_block(res: seg.SegmentResult) -> html.Div:
+    """Stats strip: size, buildings, area, timing and what the decoder did."""
+    total = res.width * res.height
+    timing = ("from cache" if res.cached else f"{res.seconds * 1000:,.0f} ms") + f" ({res.device})"
+    how = seg.tiling_description(res.width, res.height)
+    chips = [html.Span(n, className="chip chip-note") for n in res.notes]
+    return html.Div([
+        html.Div([html.Span(res.name, className="result-name"),
+                  html.Span(f"{res.width:,} × {res.height:,} px", className="chip"),
+                  *chips], className="result-head"),
+        html.Div([
+            widgets.stat("Buildings", f"{res.n_buildings:,}"),
+            widgets.stat("Building area", f"{res.building_pixels:,} px"),
+            widgets.stat("Area share", f"{res.building_pixels / max(total, 1):.1%}"),
+            widgets.stat("Mean size", f"{res.mean_area:,.0f} px" if res.n_buildings else "–"),
+            widgets.stat("Segmented in", timing),
+            widgets.stat("Method", how),
+        ], className="stats stats-6"),
+    ])
+
+
+def image_block(res: seg.SegmentResult) -> list[Any]:
+    """Upload, mask overlay, probability map and (filled later) the Grad-CAM."""
+    mask_disp = services.resize_mask(res.mask, res.image.shape[:2])
+    legend = html.Span([html.Span("0"), html.Span(className="prob-bar"), html.Span("1")],
+                       className="prob-legend")
+    overlay = services.mask_overlay(res.image, mask_disp, MASK_COLOUR)
+    return [
+        widgets.figure(services.data_uri(res.image, "JPEG"), "upload"),
+        widgets.figure(services.data_uri(overlay, "JPEG"), f"U-Net mask (p ≥ {THRESHOLD})",
+                       cid=ids.SG_MASK_IMG),
+        widgets.figure(services.data_uri(services.colourise(res.prob, "Viridis")),
+                       "building probability", note=legend),
+        dcc.Loading(html.Div(widgets.placeholder("Grad-CAM (bottleneck)", "computing…"),
+                             id=ids.SG_GRADCAM), type="dot", delay_show=200,
+                    parent_className="lens-loading"),
+    ]
+
+
+def baseline_block(res: seg.SegmentResult) -> list[Any]:
+    """U-Net vs Otsu vs K-means, each with its building share and IoU with the U-Net."""
+    shape = res.image.shape[:2]
+    unet = services.resize_mask(res.mask, shape)
+    cards = [widgets.figure(
+        services.data_uri(services.mask_overlay(res.image, unet, MASK_COLOUR), "JPEG"), "U-Net",
+        note=f" · {unet.mean():.1%} building")]
+    for b in res.baselines.values():
+        m = services.resize_mask(b["mask"], shape)
+        cards.append(widgets.figure(
+            services.data_uri(services.mask_overlay(res.image, m, BASELINE_COLOUR), "JPEG"),
+            b["label"], note=f" · {b['fraction']:.1%} building · IoU with U-Net {b['iou']:.2f}"))
+    return cards
+
+
+def map_figure_for(run: Any, method: str, placement: dict[str, Any]) -> Any:
+    """The run's map (coloured by cluster when known) with the upload starred and its
+    neighbours ringed."""
+    import plotly.graph_objects as go
+
+    tiles = run.tiles
+    x, y = analysis.map_coords(tiles, method)
+    options = [o["value"] for o in analysis.colour_options(tiles)]
+    colour = "cluster" if "cluster" in options else (options[0] if options else None)
+    spec = analysis.colour_spec(tiles, colour) if colour else analysis.ColourSpec(
+        "none", "", "categorical", np.zeros(len(tiles), np.int16), categories=["tile"],
+        colours=["#9aa5b1"], counts=[len(tiles)], cmin=-0.5, cmax=0.5)
+    rows = analysis.overview_rows(len(tiles), MAP_MAX_POINTS)  # a fixed sample of huge runs
+    ids_ = tiles["tile_id"].to_numpy(dtype=object)
+    bx, by = (x, y) if rows is None else (x[rows], y[rows])
+    fig = figures.map_figure(bx, by, ids_ if rows is None else ids_[rows],
+                             spec if rows is None else spec.take(rows),
+                             axis_titles=analysis.axis_titles(method,
+                                                              analysis.explained_variance(run)),
+                             large=True, uirevision=f"segment:{run.run_id}:{method}",
+                             height=MAP_HEIGHT)
+    index = run.index
+    nrows = [index[t] for t, _ in placement.get("neighbours", []) if t in index]
+    if nrows:
+        fig.add_trace(go.Scatter(
+            x=x[nrows], y=y[nrows], mode="markers", name="nearest tiles", hoverinfo="skip",
+            marker={"size": 13, "color": "rgba(0,0,0,0)",
+                    "line": {"color": "#111827", "width": 1.8}}, showlegend=True))
+    point = placement.get("coords", {}).get(method)
+    if point:
+        label = "upload (approx.)" if placement.get("approx") else "upload"
+        fig.add_trace(go.Scatter(
+            x=[point[0]], y=[point[1]], mode="markers", name=label, showlegend=True,
+            marker={"symbol": "star", "size": 22, "color": "#ffd400",
+                    "line": {"color": "#111827", "width": 1.6}},
+            hovertemplate=f"{label}<extra></extra>"))
+    fig.update_layout(dragmode="pan", showlegend=True)
+    return fig
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def layout(**_: Any) -> html.Div:
+    """The page skeleton: upload box, then the results of the last good upload."""
+    limit = uploads.fmt_bytes(config.MAX_UPLOAD_BYTES)
+    upload = dcc.Upload(
+        id=ids.SG_UPLOAD, multiple=False, accept=uploads.ACCEPT_ATTR, max_size=-1,
+        className="upload-box",
+        children=html.Div([
+            html.Div("⇪", className="upload-icon", **{"aria-hidden": "true"}),
+            html.Div([html.Span("Drop an aerial image here or "), html.A("choose a file")],
+                     className="upload-title"),
+            html.Div(f"{uploads.ACCEPTED} · up to {limit}", className="upload-hint"),
+        ]),
+    )
+    progress = widgets.progress_box(ids.SG_PROGRESS, f"{ids.SG_PROGRESS}-label",
+                                    ids.SG_PROGRESS_BOX)
+    return html.Div([
+        html.Div([
+            html.Div([
+                html.H1("Segment an image"),
+                html.P(["Upload an aerial image: the U-Net segments it in ",
+                        f"{TILE} px tiles with {OVERLAP} px overlap, blended without seams; "
+                        "classical baselines and the image's place among the stored tiles "
+                        "appear beside it."], className="subtitle"),
+            ], className="page-title"),
+        ], className="page-head"),
+        html.Div(id=ids.SG_WARNING),
+        html.Div(id=ids.SG_EMPTY),
+        html.Div([upload, progress, html.Div(id=ids.SG_MESSAGE, role="status",
+                                             **{"aria-live": "polite"})],
+                 className="panel upload-panel"),
+        html.Div([
+            html.Div([
+                html.Div(id=ids.SG_SUMMARY, className="result-summary"),
+                html.Button("Download mask PNG", id=ids.SG_DOWNLOAD_BTN, n_clicks=0,
+                            className="btn btn-primary"),
+            ], className="panel result-panel"),
+            html.Div(id=ids.SG_IMAGES, className="lens-grid lens-grid-4"),
+            widgets.panel("U-Net vs classical baselines", html.Div(id=ids.SG_BASELINES,
+                                                            className="lens-grid lens-grid-3"),
+                   hint="Otsu: brighter class of the luminance · K-means: palest, least "
+                        "saturated colour cluster"),
+            html.Div([
+                widgets.panel("Where the upload falls on the stored maps", html.Div([
+                    dcc.RadioItems(id=ids.SG_MAP_METHOD, options=[], value=None, inline=True,
+                                   className="segmented"),
+                    dcc.Graph(id=ids.SG_MAP, figure=figures.empty_figure("", MAP_HEIGHT),
+                              config=figures.GRAPH_CONFIG, style={"height": f"{MAP_HEIGHT}px"}),
+                    html.Div(id=ids.SG_MAP_NOTE, className="panel-foot"),
+                ]), cls="map-panel"),
+                widgets.panel("Nearest stored tiles", html.Div(id=ids.SG_NEIGHBOURS,
+                                                        className="card-grid lens-cards"),
+                       hint="cosine similarity in the embedding space"),
+            ], className="lens-row-2"),
+        ], id=ids.SG_CONTENT, style={"display": "none"}),
+        dcc.Store(id=ids.SG_RESULT, data=None),
+        dcc.Download(id=ids.SG_DOWNLOAD),
+    ], className="page-lens page-segment")
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+@callback(
+    Output(ids.SG_EMPTY, "children"),
+    Output(ids.SG_WARNING, "children"),
+    Input(shell.RUN, "value"),
+)
+def check_model(run_id: str | None) -> tuple:
+    """Say up front when there is no model to segment with."""
+    run = state.get_run(run_id)
+    info = services.model_for(run)
+    if not info.ok:
+        return components.empty_state("No model to segment with", info.message), None
+    warn = widgets.message(info.warning, "warn") if info.warning else None
+    return None, warn
+
+
+@callback(
+    Output(ids.SG_MESSAGE, "children"),
+    Output(ids.SG_RESULT, "data"),
+    Output(ids.SG_SUMMARY, "children"),
+    Output(ids.SG_IMAGES, "children"),
+    Output(ids.SG_BASELINES, "children"),
+    Output(ids.SG_CONTENT, "style"),
+    Input(ids.SG_UPLOAD, "contents"),
+    State(ids.SG_UPLOAD, "filename"),
+    State(shell.RUN, "value"),
+    background=True,
+    manager=MANAGER,
+    progress=[Output(ids.SG_PROGRESS, "value"), Output(ids.SG_PROGRESS, "max"),
+              Output(f"{ids.SG_PROGRESS}-label", "children")],
+    progress_default=["0", "1", ""],
+    running=[(Output(ids.SG_PROGRESS_BOX, "style"), {"display": "flex"}, {"display": "none"}),
+             (Output(ids.SG_UPLOAD, "disabled"), True, False)],
+    prevent_initial_call=True,
+    interval=400,
+)
+def segment_upload(set_progress: Any, contents: Any, filename: Any, run_id: str | None) -> tuple:
+    """Decode, check and segment the upload; a bad file only changes the message."""
+    keep = (no_update,) * 5
+    if not contents:
+        return (no_update, *keep)
+    set_progress(("0", "1", "Decoding"))
+    try:
+        upload = uploads.parse_upload(contents, filename)
+    except uploads.UploadError as exc:
+        return (widgets.message(str(exc)), *keep)
+    run = state.get_run(run_id)
+    info = services.model_for(run)
+    if not info.ok:
+        return (widgets.message(info.message), *keep)
+
+    def report(done: int, total: int, what: str) -> None:
+        set_progress((str(done), str(max(total, 1)),
+                      f"{what} {done}/{total}" if total > 1 else f"{what}…"))
+
+    res = seg.analyse(upload, run, info.service, progress=report)
+    ok = widgets.message(f"Segmented {res.name}: {res.n_buildings:,} buildings found.", "ok")
+    stored = {"key": res.key, "name": res.name, "run": run.run_id if run else None,
+              "placement": res.placement, "width": res.width, "height": res.height}
+    return (ok, stored, summary_block(res), image_block(res), baseline_block(res), {})
+
+
+@callback(
+    Output(ids.SG_GRADCAM, "children"),
+    Input(ids.SG_RESULT, "data"),
+    State(shell.RUN, "value"),
+    prevent_initial_call=True,
+)
+def upload_gradcam(result: dict | None, run_id: str | None) -> Any:
+    """Seg-Grad-CAM (bottleneck, predicted mask) of the upload's ≤1024 px copy."""
+    if not isinstance(result, dict) or not result.get("key"):
+        return no_update
+    stored = cache.get(seg.cache_key(result["key"]))
+    info = services.model_for(state.get_run(run_id))
+    if not stored or not info.ok:
+        return widgets.placeholder("Grad-CAM (bottleneck)", "unavailable: upload the image again")
+    out = info.service.explain(stored["image"], "seg-grad-cam", layer="bottleneck",
+                               target="predicted")
+    res = out.result
+    caption = "Grad-CAM (bottleneck)"
+    timing = services.timing_text(out.ms, out.device, out.cached, out.compute_ms)
+    if res.empty:
+        return widgets.placeholder(caption, res.message)
+    disp = services.fit_display(stored["image"])
+    heat = services.resize_prob(res.heatmap, disp.shape[:2])
+    return html.Figure([
+        widgets.stack(services.data_uri(disp, "JPEG"), services.data_uri(services.heat_rgba(heat)),
+                      opacity=0.75),
+        html.Figcaption([caption, html.Span(f" · {timing}", className="fig-note")]),
+    ], className="lens-fig")
+
+
+@callback(
+    Output(ids.SG_MAP_METHOD, "options"),
+    Output(ids.SG_MAP_METHOD, "value"),
+    Output(ids.SG_NEIGHBOURS, "children"),
+    Output(ids.SG_MAP_NOTE, "children"),
+    Input(ids.SG_RESULT, "data"),
+    State(ids.SG_MAP_METHOD, "value"),
+    prevent_initial_call=True,
+)
+def placement_controls(result: dict | None, method: str | None) -> tuple:
+    """Map methods of the run and the neighbour cards of the upload."""
+    run = state.get_run((result or {}).get("run"))
+    if run is None:
+        return [], None, components.empty_state("No embeddings run"), ""
+    methods = analysis.available_methods(run.tiles)
+    placement = result.get("placement") or {}
+    version = state.run_version(run)
+    cards = [widgets.tile_card(run.run_id, version, t, f"cos {s:.3f}",
+                               href=widgets.explain_href(run.run_id, t))
+             for t, s in placement.get("neighbours", []) if t in run.index]
+    note = placement.get("note", "")
+    if not cards:
+        cards = components.empty_state("No neighbours", note or "Nothing to compare with.")
+    options = [{"label": METHOD_LABELS[m], "value": m} for m in methods]
+    method = method if method in methods else (methods[-1] if methods else None)
+    return options, method, cards, note
+
+
+@callback(
+    Output(ids.SG_MAP, "figure"),
+    Input(ids.SG_MAP_METHOD, "value"),
+    State(ids.SG_RESULT, "data"),
+    prevent_initial_call=True,
+)
+def placement_map(method: str | None, result: dict | None) -> Any:
+    """The stored map with the upload starred."""
+    run = state.get_run((result or {}).get("run"))
+    if run is None or not method:
+        return figures.empty_figure("No map for this run.", MAP_HEIGHT)
+    return map_figure_for(run, method, (result or {}).get("placement") or {})
+
+
+@callback(
+    Output(ids.SG_DOWNLOAD, "data"),
+    Input(ids.SG_DOWNLOAD_BTN, "n_clicks"),
+    State(ids.SG_RESULT, "data"),
+    prevent_initial_call=True,
+)
+def download_mask(n_clicks: int, result: dict | None) -> Any:
+    """The U-Net mask (0/255 PNG, the upload's full size)."""
+    if not n_clicks or not isinstance(result, dict) or not result.get("key"):
+        return no_update
+    stored = cache.get(seg.cache_key(result["key"]))
+    if not stored:
+        return no_update
+    stem = str(result.get("name") or "upload").rsplit(".", 1)[0] or "upload"
+    return dcc.send_bytes(stored["mask_png"], f"{stem}-mask.png")

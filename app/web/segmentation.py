@@ -1,0 +1,201 @@
+"""What the segment page computes for an upload, as plain functions (no Dash callbacks).
+
+:func:`analyse` segments a decoded upload with ``ModelService.segment`` (tiled, blended),
+counts buildings (``metrics.count_buildings``, watershed), runs the Otsu and K-means colour
+baselines on a ≤1024 px copy, places the upload on the run's maps (:func:`place_upload`) and
+keeps what later callbacks need (the ≤1024 px copy for Grad-CAM, the mask PNG for the
+download) in the shared flask-caching cache under the image's SHA-256.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.web import analysis, services, state, uploads
+from app.web.cache import cache
+
+TILE = 256
+OVERLAP = 32
+THRESHOLD = 0.5
+#: Grad-CAM, the baselines and the embedding run on a copy whose longer side is at most this.
+EXPLAIN_MAX_SIDE = 1024
+N_NEIGHBOURS = 8
+CACHE_TIMEOUT = 3600
+
+
+def tiling_description(width: int, height: int, tile: int = TILE, overlap: int = OVERLAP) -> str:
+    """How ``ModelService.segment`` covers an image of this size, in words."""
+    import math
+
+    from app.ml.inference import SIZE_FACTOR, tile_origins
+
+    ph = math.ceil(height / SIZE_FACTOR) * SIZE_FACTOR
+    pw = math.ceil(width / SIZE_FACTOR) * SIZE_FACTOR
+    if ph <= tile and pw <= tile:
+        return "one pass (padded to /16)" if (ph, pw) != (height, width) else "one pass"
+    stride = max(SIZE_FACTOR, (tile - overlap) // SIZE_FACTOR * SIZE_FACTOR)
+    n = len(tile_origins(ph, min(tile, ph), stride)) * len(tile_origins(pw, min(tile, pw), stride))
+    return f"{n} tiles of {tile} px, {tile - stride} px overlap, blended"
+
+
+def cache_key(image_key: str) -> str:
+    """Where :func:`analyse` keeps an upload's small copy and mask PNG."""
+    return f"segment-upload:{image_key}"
+
+
+@dataclass
+class SegmentResult:
+    """Everything the page shows for one upload (arrays stay on the server)."""
+
+    key: str
+    name: str
+    width: int
+    height: int
+    notes: list[str]
+    image: np.ndarray  # display copy (≤ DISPLAY_MAX_SIDE)
+    prob: np.ndarray  # display copy
+    mask: np.ndarray  # full resolution, bool
+    n_buildings: int
+    building_pixels: int
+    mean_area: float
+    seconds: float
+    device: str
+    cached: bool
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)
+
+
+def small_copy(image: np.ndarray, max_side: int = EXPLAIN_MAX_SIDE) -> np.ndarray:
+    """The image downscaled (area) so its longer side is at most ``max_side``."""
+    from app.ml.inference import resize_rgb
+
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    s = max_side / max(h, w)
+    return resize_rgb(image, max(16, round(h * s)), max(16, round(w * s)))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks (1.0 when both are empty)."""
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
+
+
+def baselines(image_small: np.ndarray, unet_small: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Otsu and K-means masks of the ≤1024 px copy, with their agreement with the U-Net."""
+    from app.ml.inference import kmeans_colour_baseline, otsu_baseline
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, label, fn in (("otsu", "Otsu threshold", otsu_baseline),
+                           ("kmeans", "K-means colours (k = 4)",
+                            lambda im: kmeans_colour_baseline(im, k=4, random_state=0))):
+        started = time.perf_counter()
+        mask = fn(image_small)
+        out[key] = {"label": label, "mask": mask, "fraction": float(mask.mean()),
+                    "iou": mask_iou(mask, unet_small), "ms": (time.perf_counter() - started) * 1e3}
+    return out
+
+
+def neighbours_of(vectors: state.Vectors, q: np.ndarray, k: int = N_NEIGHBOURS) -> list[tuple[int, float]]:
+    """The ``k`` stored rows with the highest cosine similarity to ``q``: (row, cos)."""
+    q = np.asarray(q, np.float32).ravel()
+    qn = float(np.linalg.norm(q)) or 1.0
+    sims = vectors.data @ q / (vectors.norms * qn)
+    k = min(k, len(sims))
+    rows = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+    rows = rows[np.argsort(-sims[rows], kind="stable")]
+    return [(int(r), float(sims[r])) for r in rows]
+
+
+def place_upload(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
+    """Where the upload falls on the run's maps and its nearest stored tiles.
+
+    ``{"coords": {method: [x, y]}, "approx": bool, "neighbours": [(tile_id, cos)], "note": str}``;
+    ``approx`` when the run stores no reducers (then the upload sits at the mean map position
+    of its 5 nearest neighbours); ``note`` says why something is missing.
+    """
+    out: dict[str, Any] = {"coords": {}, "approx": False, "neighbours": [], "note": ""}
+    try:
+        vec, notes = service.embed_image(image, run)
+    except (ValueError, KeyError) as exc:
+        out["note"] = f"Cannot embed the upload for run {run.run_id}: {exc}"
+        return out
+    vectors = state.vectors(run)
+    if vec.shape[0] != vectors.data.shape[1]:
+        out["note"] = (f"The model gives {vec.shape[0]}-d vectors but run {run.run_id} stores "
+                       f"{vectors.data.shape[1]}-d ones (another model or representation), so "
+                       "the upload cannot be placed on its maps.")
+        return out
+    near = neighbours_of(vectors, vec)
+    tiles = run.tiles
+    out["neighbours"] = [(str(tiles["tile_id"].iat[r]), s) for r, s in near]
+    methods = analysis.available_methods(tiles)
+    try:
+        from app.pipeline import place_new
+
+        placed = place_new(run, vec)
+        out["coords"] = {m: [float(v[0]), float(v[1])] for m, v in placed.items() if m in methods}
+    except Exception as exc:  # noqa: BLE001 - no reducers, unreadable reducer, ...
+        rows = [r for r, _ in near[:5]]
+        out["coords"] = {m: [float(np.nanmean(tiles[f"{m}_x"].to_numpy()[rows])),
+                             float(np.nanmean(tiles[f"{m}_y"].to_numpy()[rows]))]
+                         for m in methods}
+        out["approx"] = True
+        out["note"] = (f"Approximate position: {str(exc).rstrip('.')}. The upload is drawn at "
+                       "the mean position of its 5 nearest stored tiles.")
+    if notes.get("resized"):
+        out["note"] = (out["note"] + " " if out["note"] else "") + \
+            f"Embedded at {notes['resized']} ({notes['representation']} of {notes['layer']})."
+    return out
+
+
+def analyse(upload: uploads.Upload, run: Any, service: Any,
+            progress: Any = None) -> SegmentResult:
+    """Segment an upload and compute everything the page shows (no Dash)."""
+    from app.ml.inference import image_sha256
+    from app.ml.metrics import count_buildings
+
+    image = upload.image
+    h, w = image.shape[:2]
+    key = image_sha256(image)
+    started = time.perf_counter()
+    prob, hit = service.segment(image, tile=TILE, overlap=OVERLAP,
+                                progress=(lambda d, t: progress(d, t, "Segmenting"))
+                                if progress else None)
+    seconds = time.perf_counter() - started
+    mask = prob >= THRESHOLD
+    if progress:
+        progress(1, 1, "Counting buildings")
+    count = count_buildings(mask, split_touching=True, min_area=10)
+    areas = count.areas
+    small = small_copy(image)
+    unet_small = services.resize_mask(mask, small.shape[:2])
+    if progress:
+        progress(1, 1, "Baselines")
+    base = baselines(small, unet_small)
+    placement: dict[str, Any] = {}
+    if run is not None:
+        if progress:
+            progress(1, 1, "Placing on the maps")
+        placement = place_upload(run, service, small)
+    disp = services.fit_display(image)
+    cache.set(cache_key(key), {"image": small, "mask_png": services.png_bytes(mask),
+                                        "name": upload.name}, timeout=CACHE_TIMEOUT)
+    return SegmentResult(
+        key=key, name=upload.name, width=w, height=h, notes=upload.describe(),
+        image=disp, prob=services.resize_prob(prob, disp.shape[:2]), mask=mask,
+        n_buildings=int(count.n), building_pixels=int(np.count_nonzero(mask)),
+        mean_area=float(areas.mean()) if len(areas) else 0.0, seconds=seconds,
+        device=service.device, cached=hit, baselines=base, placement=placement,
+    )
+
+
+__all__ = [
+    "OVERLAP", "THRESHOLD", "TILE", "SegmentResult", "analyse", "baselines", "cache_key",
+    "mask_iou", "neighbours_of", "place_upload", "small_copy", "tiling_description",
+]
