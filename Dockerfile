@@ -18,10 +18,12 @@ COPY model_store/ model_store/
 COPY embeddings/ embeddings/
 
 RUN useradd --create-home --uid 10001 lens
-USER lens
+USER 10001
 
 EXPOSE 8050
+# /healthz answers 200 when the artifacts are readable (503 with the reason otherwise); the port
+# follows UNET_LENS_PORT. tests/unit/test_serve.py runs this exact command against a server.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8050/healthz', timeout=4).status == 200 else 1)"
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('UNET_LENS_PORT', '8050'); sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:' + port + '/healthz', timeout=4).status == 200 else 1)"]
 # Inside a container the port must be published, so bind all interfaces there (opt-in via ENV above).
 CMD ["python", "-m", "app", "serve", "--workers", "2"]

@@ -155,11 +155,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _apply_serve_env(args: argparse.Namespace) -> None:
+    """Hand the serve options to the app (and to gunicorn's workers) through the environment."""
     if args.model_run:
         os.environ["UNET_LENS_MODEL_RUN"] = args.model_run
     if args.embeddings_run:
         os.environ["UNET_LENS_EMBEDDINGS_RUN"] = args.embeddings_run
+
+
+def serve_preflight(args: argparse.Namespace) -> bool:
+    """Check the artifacts once before serving and print what is missing; True when ready.
+
+    Problems and warnings go to stderr (``problem: ...`` / ``warning: ...``), so a person sees
+    at start-up what the dashboard's banner and ``/healthz`` will say.
+    """
+    from app.web import health, state
+
+    state.configure(embeddings_run=args.embeddings_run, model_run=args.model_run)
+    report = health.preflight()
+    for line in health.describe(report):
+        print(line, file=sys.stderr if not line.startswith("ready:") else sys.stdout, flush=True)
+    if not report.ready:
+        print("The server starts anyway: pages show what is missing and /healthz answers 503 "
+              "until it is fixed.", file=sys.stderr, flush=True)
+    return report.ready
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _apply_serve_env(args)
+    if args.workers < 1 or args.threads < 1:
+        raise ValueError("--workers and --threads must be at least 1.")
+    ready = serve_preflight(args)
+    if args.check:
+        return 0 if ready else 1
     if args.workers > 1:
         return _serve_gunicorn(args)
     from app.web.main import create_app
@@ -170,13 +198,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_gunicorn(args: argparse.Namespace) -> int:
+def gunicorn_argv(args: argparse.Namespace) -> list[str]:
+    """The gunicorn command ``serve --workers N`` execs (workers build the app after the fork)."""
     argv = [
-        sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind",
-        f"{args.host}:{args.port}", "--timeout", "120", "app.web.main:server",
+        sys.executable, "-m", "gunicorn", "--workers", str(args.workers),
+        "--threads", str(args.threads), "--bind", f"{args.host}:{args.port}",
+        "--timeout", "120", "--graceful-timeout", "20",
     ]
+    if args.access_log:
+        argv += ["--access-logfile", "-"]
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        argv += ["--worker-tmp-dir", str(shm)]  # heartbeat files off the (overlay) disk
+    return [*argv, "app.web.main:server"]
+
+
+def _serve_gunicorn(args: argparse.Namespace) -> int:
+    print(f"U-Net Lens on http://{args.host}:{args.port}/ (gunicorn, {args.workers} workers x "
+          f"{args.threads} threads)", flush=True)
+    argv = gunicorn_argv(args)
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export savedmodel`` / ``export projector``."""
+    if args.what == "savedmodel":
+        from app.export import export_savedmodel
+
+        out = export_savedmodel(args.model_run, Path(args.out), overwrite=args.overwrite)
+        print(f"SavedModel of model run {args.model_run} written to {out} "
+              "(signature serving_default: image -> mask, bottleneck)")
+        return 0
+    from app.export import export_projector
+
+    out = export_projector(args.run, Path(args.out), overwrite=args.overwrite,
+                           sprite=not args.no_sprite)
+    print(f"Embedding Projector files of run {args.run} written to {out} "
+          f"(tensorboard --logdir {out}, then the Projector tab)")
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -255,7 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-run", default=None)
     p.add_argument("--embeddings-run", default=None)
     p.add_argument("--workers", type=int, default=1, help=">1 runs gunicorn")
+    p.add_argument("--threads", type=int, default=4,
+                   help="threads per gunicorn worker (default: %(default)s)")
+    p.add_argument("--access-log", action="store_true", help="gunicorn: log every request")
+    p.add_argument("--check", action="store_true",
+                   help="only check the artifacts and exit (0 ready, 1 not ready)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="export a model (TF Serving) or embeddings (TensorBoard)")
+    ex = p.add_subparsers(dest="what", required=True, metavar="<what>")
+    e = ex.add_parser("savedmodel", help="a TF SavedModel with a serving_default signature")
+    e.add_argument("--model-run", required=True)
+    e.add_argument("--out", required=True, help="output folder (e.g. export/unet/1)")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    e.set_defaults(func=cmd_export)
+    e = ex.add_parser("projector", help="TensorBoard Embedding Projector files of a run")
+    e.add_argument("--run", required=True, help="embeddings run id")
+    e.add_argument("--out", required=True, help="output folder (a TensorBoard log dir)")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    e.add_argument("--no-sprite", action="store_true", help="skip sprite.png")
+    e.set_defaults(func=cmd_export)
 
     p = sub.add_parser("runs", help="list stored model and embeddings runs")
     p.set_defaults(func=cmd_runs)

@@ -290,7 +290,22 @@ class _RawTiff:
 def _read_tiff(
     src: io.BytesIO | Path, name: str, check: Callable[[int, int], None], max_pixels: int
 ) -> _RawTiff | None:
-    """Read the first series with tifffile; ``None`` means "let Pillow try" (missing codec)."""
+    """Read the first series with tifffile; ``None`` means "let Pillow try" (missing codec).
+
+    A corrupt TIFF can make tifffile raise almost anything while walking its tags (a broken
+    IFD chain, odd tag types): every such failure becomes a ``DatasetError`` naming the file.
+    """
+    try:
+        return _read_tiff_unchecked(src, name, check, max_pixels)
+    except DatasetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt structures raise many types
+        raise DatasetError(f"{name}: not a readable TIFF ({exc}); {_EXPECTED}.") from None
+
+
+def _read_tiff_unchecked(
+    src: io.BytesIO | Path, name: str, check: Callable[[int, int], None], max_pixels: int
+) -> _RawTiff | None:
     P = tifffile.PHOTOMETRIC
     try:
         tif = tifffile.TiffFile(src)
@@ -343,12 +358,14 @@ def _read_tiff(
             ) from exc
         yi, xi = axes.index("Y"), axes.index("X")
         arr = np.moveaxis(arr, (yi, xi), (0, 1)).reshape(height, width, -1)
+        if arr.shape[2] == 0:
+            raise DatasetError(f"{name}: TIFF has no samples per pixel; {_EXPECTED}.")
         tag = key.tags.get(274)
         arr = _orient(arr, int(tag.value) if tag is not None else 1)
         colormap = None if key.colormap is None else np.asarray(key.colormap)
         if arr.dtype == np.bool_:
             arr = arr.astype(np.uint8)
-        bits = int(key.bitspersample)
+        bits = int(np.max(key.bitspersample))
         return _RawTiff(arr, int(key.photometric), colormap, bool(key.extrasamples), bits)
 
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _runs: dict[str, tuple[EmbeddingsRun, int]] = {}  # run id → (run, manifest mtime)
 _vectors: dict[str, Vectors] = {}
+_errors: dict[str, tuple[int, float, str]] = {}  # run id → (manifest mtime, when, why it failed)
+#: A run that failed to open is not retried for this long unless its manifest changes.
+RETRY_SECONDS = 5.0
 _settings: dict[str, object] = {"embeddings_run": None, "model_run": None, "root": None}
 
 
@@ -46,6 +50,7 @@ def configure(
         _settings.update(embeddings_run=embeddings_run, model_run=model_run, root=root)
         _runs.clear()
         _vectors.clear()
+        _errors.clear()
 
 
 def embeddings_root() -> Path:
@@ -63,6 +68,12 @@ def model_run() -> str | None:
 def list_embeddings_runs() -> list[str]:
     """Ids of the embeddings runs on disk, sorted."""
     return artifacts.list_runs(embeddings_root())
+
+
+def wanted_run_id() -> str | None:
+    """The run asked for (``--embeddings-run`` or ``$UNET_LENS_EMBEDDINGS_RUN``), if any."""
+    value = _settings["embeddings_run"] or os.environ.get("UNET_LENS_EMBEDDINGS_RUN")
+    return str(value) if value else None
 
 
 def default_run_id() -> str | None:
@@ -92,9 +103,13 @@ def get_run(run_id: str | None) -> EmbeddingsRun | None:
     root = embeddings_root()
     if run_id not in artifacts.list_runs(root):
         return None
+    path = root / run_id
+    failed = _errors.get(run_id)
+    if (failed is not None and failed[0] == _manifest_mtime(path)
+            and time.monotonic() - failed[1] < RETRY_SECONDS):
+        return None  # a broken run is not re-read on every request
     with _lock:
         cached = _runs.get(run_id)
-        path = root / run_id
         if cached is None or _manifest_mtime(path) != cached[1]:
             mtime = _manifest_mtime(path)
             try:
@@ -104,11 +119,20 @@ def get_run(run_id: str | None) -> EmbeddingsRun | None:
                 run.index  # noqa: B018
             except ArtifactError as exc:
                 log.warning("cannot open embeddings run %r: %s", run_id, exc)
+                _errors[run_id] = (mtime, time.monotonic(), str(exc))
+                _runs.pop(run_id, None)
                 return None
             cached = (run, mtime)
             _runs[run_id] = cached
+            _errors.pop(run_id, None)
             _vectors.pop(run_id, None)
     return cached[0]
+
+
+def run_error(run_id: str | None) -> str | None:
+    """Why the last ``get_run(run_id)`` returned None for a listed run (None if it did not)."""
+    failed = _errors.get(run_id) if isinstance(run_id, str) else None
+    return failed[2] if failed is not None else None
 
 
 def _manifest_mtime(path: Path) -> int:
@@ -149,5 +173,5 @@ def vectors(run: EmbeddingsRun) -> Vectors:
 
 __all__ = [
     "Vectors", "configure", "default_run_id", "embeddings_root", "get_run",
-    "list_embeddings_runs", "model_run", "run_version", "vectors",
+    "list_embeddings_runs", "model_run", "run_error", "run_version", "vectors", "wanted_run_id",
 ]

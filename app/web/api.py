@@ -1,0 +1,296 @@
+"""JSON API beside the pages: ``GET /api/points`` and ``POST /api/segment``.
+
+- ``GET /api/points?run=<id>&method=pca|tsne|umap[&k=<2..10>]``: a map's tile ids, coordinates
+  and K-means cluster as compact JSON (parallel arrays, coordinates rounded to 1e-4 of the
+  map's span). ``run`` defaults to the default run, ``method`` to ``umap``; ``k`` picks another
+  clustering than the stored one (memoized in the shared cache). Responses carry an ETag of the
+  run version, so a client revalidates with 304.
+- ``POST /api/segment[?format=png][&threshold=0.5][&model=<run>]``: an image as a multipart
+  ``file`` field or as the raw request body → building statistics and the mask as a base64
+  PNG, or the mask PNG itself with ``format=png``. Decoded by ``app.data.imageio.decode_image``
+  (same formats, limits and messages as the pages), segmented by
+  ``app.ml.inference.ModelService.segment_large``.
+
+Errors are JSON ``{"error": "..."}``: 400 bad input, 404 unknown run / id / path, 413 a body
+over ``MAX_CONTENT_LENGTH``, 503 no usable model. Ids from the request are validated as slugs
+and looked up among the listed runs; nothing from a request ever becomes a path, and uploads
+are held in memory only (see ``app.web.main.InMemoryUploadRequest``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, abort, jsonify, request
+from werkzeug.utils import secure_filename
+
+from app import artifacts, config
+from app.artifacts import ArtifactError
+from app.web import analysis, health, state
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("unet_lens_api", __name__, url_prefix="/api")
+
+METHODS: tuple[str, ...] = ("pca", "tsne", "umap")
+#: Connected components smaller than this many pixels are not counted as buildings.
+MIN_BUILDING_PIXELS = 10
+_POINTS_CACHE_ENTRIES = 32
+
+
+class _Payloads:
+    """A small in-process LRU of encoded ``/api/points`` bodies (they are immutable per run
+    version, and encoding 10^5 points costs more than looking them up)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[tuple, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: bytes) -> None:
+        with self._lock:
+            self._data[key] = value
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
+_payloads = _Payloads(_POINTS_CACHE_ENTRIES)
+
+
+def error(status: int, message: str) -> Response:
+    """A JSON error response."""
+    response = jsonify({"error": message})
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --------------------------------------------------------------------------- points
+
+
+def _rounded(values: np.ndarray) -> list[float | None]:
+    """Coordinates rounded to 1e-4 of their span (short JSON), NaN as null."""
+    finite = values[np.isfinite(values)]
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
+    decimals = 4 if span <= 0 else int(min(8, max(0, 4 - math.floor(math.log10(span)))))
+    out = (np.round(values.astype(np.float64), decimals) + 0.0).tolist()  # no -0.0
+    if finite.size != values.size:
+        out = [v if math.isfinite(v) else None for v in out]
+    return out
+
+
+def points_payload(run: artifacts.EmbeddingsRun, method: str, k: int | None = None) -> bytes:
+    """The encoded body of ``/api/points`` for a run, map and optional k."""
+    tiles = run.tiles
+    x, y = analysis.map_coords(tiles, method)
+    version = state.run_version(run)
+    if k is not None:
+        labelled = analysis.cached_labels(run.run_id, version, k)
+        cluster = None if labelled is None else np.asarray(labelled[0]).astype(int).tolist()
+    elif "cluster" in tiles:
+        cluster = tiles["cluster"].to_numpy(dtype=np.int64).tolist()
+    else:
+        cluster = None
+    body = {
+        "run": run.run_id, "version": version, "method": method, "n": len(tiles), "k": k,
+        "ids": tiles["tile_id"].astype(str).tolist(), "x": _rounded(x), "y": _rounded(y),
+        "cluster": cluster,
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+@bp.get("/points")
+def points() -> Response:
+    """A map's ids, coordinates and clusters (see the module docstring)."""
+    run_id = request.args.get("run") or state.default_run_id()
+    method = request.args.get("method", "umap")
+    if method not in METHODS:
+        return error(400, f"method must be one of {', '.join(METHODS)}.")
+    k_arg = request.args.get("k")
+    k: int | None = None
+    if k_arg is not None:
+        if not k_arg.isdigit() or int(k_arg) not in analysis.K_RANGE:
+            return error(400, f"k must be an integer from {analysis.K_RANGE[0]} to "
+                              f"{analysis.K_RANGE[-1]}.")
+        k = int(k_arg)
+    run = state.get_run(run_id)
+    if run is None:
+        return error(404, "unknown embeddings run.")
+    if method not in analysis.available_methods(run.tiles):
+        return error(404, f"run {run.run_id} has no {method} map; compute it with "
+                          f"`python -m app reduce {run.run_id}`.")
+    version = state.run_version(run)
+    etag = f"{version}-{method}-{k or 0}"
+    if request.if_none_match.contains(etag):
+        response = Response(status=304)
+        response.set_etag(etag)
+        return response
+    key = (run.run_id, version, method, k)
+    body = _payloads.get(key)
+    if body is None:
+        body = points_payload(run, method, k)
+        _payloads.put(key, body)
+    response = Response(body, mimetype="application/json")
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+# --------------------------------------------------------------------------- segment
+
+
+def _upload() -> tuple[bytes, str]:
+    """The uploaded bytes and a safe display name: multipart ``file`` (or the only file part),
+    else the raw body. Held in memory only."""
+    if request.files:
+        part = request.files.get("file") or next(iter(request.files.values()))
+        name = secure_filename(part.filename or "") or "upload"
+        return part.read(), name[:100]
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return b"", "upload"
+    return request.get_data(cache=False), "upload"
+
+
+def _model_service(model_arg: str | None) -> tuple[Any | None, Response | None]:
+    """The ``ModelService`` to segment with, or an error response."""
+    available = artifacts.list_runs(config.MODEL_STORE)
+    if model_arg is not None:
+        try:
+            artifacts.validate_run_id(model_arg)
+        except ArtifactError:
+            return None, error(404, "unknown model run.")
+        if model_arg not in available:
+            return None, error(404, "unknown model run.")
+        run_id: str | None = model_arg
+    else:
+        run_id = health.model_run_for(state.get_run(state.default_run_id()))
+    if run_id is None:
+        return None, error(503, "no model run is available to segment with; train one with "
+                                "`python -m app train`.")
+    try:
+        from app.ml import inference
+    except ImportError as exc:  # pragma: no cover - the module is part of the package
+        return None, error(503, f"inference is unavailable ({exc}).")
+    try:
+        sha = health.check_model(run_id)  # cheap (hash remembered per stat), no TensorFlow
+        service = inference.get_service(run_id)
+        if service.loaded and service.sha256 != sha:  # the run was rebuilt while serving
+            inference.forget_services()
+            service = inference.get_service(run_id)
+        _ = service.sha256  # loads the model (hash-checked, safe_mode) on first use
+    except (ArtifactError, OSError, ValueError) as exc:
+        return None, error(503, f"model run {run_id} cannot be used: "
+                                f"{health.tidy(str(exc)).splitlines()[0]}")
+    return service, None
+
+
+def _mask_png(mask: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def building_stats(prob: np.ndarray, threshold: float,
+                   min_pixels: int = MIN_BUILDING_PIXELS) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(mask, stats)`` of a probability map: pixels over ``threshold``, and the count and sizes
+    of connected buildings (4-connected, at least ``min_pixels``)."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(prob) >= threshold
+    labels, n = ndi.label(mask)
+    sizes = np.bincount(labels.ravel())[1:] if n else np.zeros(0, np.int64)
+    kept = sizes[sizes >= min_pixels]
+    h, w = mask.shape
+    pixels = int(mask.sum())
+    stats = {
+        "width": int(w), "height": int(h), "threshold": float(threshold),
+        "building_pixels": pixels, "building_fraction": pixels / float(h * w),
+        "building_count": int(kept.size),
+        "mean_building_pixels": float(kept.mean()) if kept.size else 0.0,
+        "largest_building_pixels": int(kept.max()) if kept.size else 0,
+        "mean_probability": float(np.mean(prob)),
+        "min_building_pixels": int(min_pixels),
+    }
+    return mask, stats
+
+
+@bp.post("/segment")
+def segment() -> Response:
+    """Segment an uploaded image (see the module docstring)."""
+    from app.data.base import DatasetError
+    from app.data.imageio import decode_image
+
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "png"):
+        return error(400, "format must be json or png.")
+    try:
+        threshold = float(request.args.get("threshold", "0.5"))
+    except ValueError:
+        threshold = float("nan")
+    if not 0.0 < threshold < 1.0:
+        return error(400, "threshold must be a number between 0 and 1.")
+    data, name = _upload()
+    if not data:
+        return error(400, "no image: send it as a multipart 'file' field or as the request body.")
+    try:
+        rgb, notes = decode_image(bytes(data), name=name, max_pixels=config.MAX_IMAGE_PIXELS)
+    except DatasetError as exc:
+        return error(400, str(exc))
+    except Exception:  # noqa: BLE001 - a decoder bug on hostile input is still a bad upload
+        log.warning("decoder failed on an upload", exc_info=True)
+        return error(400, f"{name}: not a readable image; expected a PNG, JPEG or TIFF image.")
+    del data
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+        log.warning("decoder returned an array of shape %s for an upload", rgb.shape)
+        return error(400, f"{name}: not a readable image; expected a PNG, JPEG or TIFF image.")
+    service, failure = _model_service(request.args.get("model"))
+    if failure is not None:
+        return failure
+    started = time.perf_counter()
+    prob = service.segment_large(rgb)
+    mask, stats = building_stats(prob, threshold)
+    png = _mask_png(mask)
+    stats.update({
+        "model": {"run": service.run_id, "sha256": service.sha256[:12]},
+        "device": service.device, "ms": round((time.perf_counter() - started) * 1000, 1),
+        "notes": {k: v for k, v in notes.items() if isinstance(v, str | int | float | bool)},
+    })
+    if fmt == "png":
+        response = Response(png, mimetype="image/png")
+        response.headers["X-Building-Count"] = str(stats["building_count"])
+        response.headers["X-Building-Fraction"] = f"{stats['building_fraction']:.6f}"
+        response.headers["X-Model-Run"] = str(service.run_id)
+    else:
+        stats["mask_png_base64"] = base64.b64encode(png).decode("ascii")
+        response = jsonify(stats)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@bp.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+def not_found(_rest: str = "") -> Response:
+    """Any other path under /api/ is a JSON 404 (never the dashboard's page fallback)."""
+    abort(404)
+
+
+__all__ = ["METHODS", "bp", "building_stats", "error", "not_found", "points", "points_payload",
+           "segment"]

