@@ -36,7 +36,7 @@ demo: $(STAMP)
 XBD ?= ../shared/data/xbd
 xbd: $(STAMP)
 	$(BIN)/python -m app make-dataset --source xbd --root $(XBD) --name xbd --tile-size 256 --downscale 2
-	$(BIN)/python -m app train --dataset datasets/xbd --run-id xbd-light --max-minutes 28 --epochs 60 --patience 8
+	$(BIN)/python -m app train --dataset datasets/xbd --run-id xbd-light --crop 128 --max-minutes 25 --epochs 80 --patience 10
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
