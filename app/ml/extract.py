@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.data.base import DAMAGE_CLASSES
-from app.ml.unet import named_conv_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -63,6 +62,8 @@ def feature_model(model: keras.Model, layer: str) -> keras.Model:
     """A model with two outputs, ``[activations of layer, predicted mask]``, sharing the weights
     of ``model`` (which is left untouched): one call gives both from the same forward pass."""
     import keras
+
+    from app.ml.unet import named_conv_layers
 
     names = named_conv_layers(model)
     if layer not in names:
