@@ -1688,7 +1688,7 @@ def _scene(lay: _Layout, base: _Base, seed: int, index: int, phase: str) -> Scen
         **meta,
     }
     return Scene(
-        scene_id=f"{group}_{phase}_disaster",
+        scene_id=f"{group}_{phase}",
         source=SOURCE,
         image=image,
         mask=base.mask.copy(),

@@ -294,6 +294,57 @@ def _check_threshold(threshold: object) -> float:
     return float(threshold)
 
 
+def _region_score_fn(forward: Callable, channels: int, key: tuple, model: keras.Model,
+                     wrt_input: bool) -> Callable:
+    """Cached ``tf.function`` of one forward + backward pass for the region score
+    ``sum(logits * R)``, R the fixed target or, when ``use_fixed`` is false, ``prob >= t``.
+
+    Traced once per (model, layer) for any image size (``[1, None, None, C]``): eager Keras
+    dispatches every layer op from Python, which costs more than the arithmetic at 256².
+    Returns (activations or None, gradient w.r.t. activations or the input, prob, region).
+    """
+
+    def build() -> Callable:
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([1, None, None, channels], tf.float32),
+                tf.TensorSpec([None, None], tf.float32),
+                tf.TensorSpec([], tf.bool),
+                tf.TensorSpec([], tf.float32),
+            ],
+            reduce_retracing=True,
+        )
+        def run(x, fixed, use_fixed, threshold):
+            with tf.GradientTape() as tape:
+                tape.watch(x)  # records the graph even for frozen (non-trainable) models
+                out = forward(x)
+                acts, logits = (None, out) if wrt_input else out
+                logits = tf.cast(logits[0, ..., 0], tf.float32)
+                prob = tf.sigmoid(logits)
+                region = tf.where(use_fixed, fixed, tf.cast(prob >= threshold, tf.float32))
+                score = tf.reduce_sum(logits * region)
+            source = x if wrt_input else acts
+            grads = tape.gradient(score, source,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return (tf.zeros([0]) if wrt_input else tf.cast(acts[0], tf.float32),
+                    tf.cast(grads[0], tf.float32), prob, region)
+
+        return run
+
+    return _cached(model, key, build)
+
+
+def _run_region_pass(fn: Callable, x: tf.Tensor, fixed: np.ndarray | None,
+                     threshold: float) -> tuple[np.ndarray, ...]:
+    height, width = int(x.shape[1]), int(x.shape[2])
+    region_in = np.zeros((height, width), np.float32) if fixed is None else fixed
+    acts, grads, prob, region = fn(
+        x, tf.constant(region_in, tf.float32), tf.constant(fixed is not None),
+        tf.constant(threshold, tf.float32),
+    )
+    return acts.numpy(), grads.numpy(), prob.numpy(), region.numpy()
+
+
 def _target_pass(
     model: keras.Model,
     image: object,
@@ -307,19 +358,11 @@ def _target_pass(
     threshold = _check_threshold(threshold)
     sub = explain_model(model, layer)
     x = _prepare_image(model, image)
-    height, width = int(x.shape[1]), int(x.shape[2])
-    fixed = _region(target, box, pixel, height, width)
-    with tf.GradientTape() as tape:
-        tape.watch(x)  # records the graph even for frozen (non-trainable) models
-        acts, logits = sub(x, training=False)
-        logits = tf.cast(logits[0, ..., 0], tf.float32)
-        prob = tf.sigmoid(logits)
-        region = tf.cast(prob >= threshold, tf.float32) if fixed is None else tf.constant(fixed)
-        score = tf.reduce_sum(logits * region)
-    grads = tape.gradient(score, acts)
-    acts = tf.cast(acts[0], tf.float32).numpy()
-    grads = np.zeros_like(acts) if grads is None else tf.cast(grads[0], tf.float32).numpy()
-    return _Pass(acts, grads, prob.numpy(), np.asarray(region, dtype=np.float32))
+    fixed = _region(target, box, pixel, int(x.shape[1]), int(x.shape[2]))
+    fn = _region_score_fn(lambda t: sub(t, training=False), int(x.shape[-1]),
+                          ("explain-pass", layer), model, wrt_input=False)
+    acts, grads, prob, region = _run_region_pass(fn, x, fixed, threshold)
+    return _Pass(acts, grads, prob, region.astype(np.float32))
 
 
 def _upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -485,9 +528,19 @@ def activation_map(
     started = time.perf_counter()
     sub = explain_model(model, layer)
     x = _prepare_image(model, image)
-    acts, logits = sub(x, training=False)
-    acts = tf.cast(acts[0], tf.float32).numpy()
-    prob = tf.sigmoid(tf.cast(logits[0, ..., 0], tf.float32)).numpy()
+
+    def build() -> Callable:
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, x.shape[-1]], tf.float32)],
+                     reduce_retracing=True)
+        def run(t):
+            acts, logits = sub(t, training=False)
+            return (tf.cast(acts[0], tf.float32),
+                    tf.sigmoid(tf.cast(logits[0, ..., 0], tf.float32)))
+
+        return run
+
+    acts, prob = _cached(model, ("activation-pass", layer), build)(x)
+    acts, prob = acts.numpy(), prob.numpy()
     n_channels = acts.shape[-1]
     if channel is None:
         raw, what = acts.mean(axis=-1), "mean of channels"
@@ -528,18 +581,16 @@ def activation_map(
 
 
 def _input_gradient(
-    logits_model: keras.Model, x: tf.Tensor, region: np.ndarray | None, threshold: float
+    model: keras.Model, guided: bool, x: tf.Tensor, region: np.ndarray | None, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """d(sum of logits over R)/d image, plus prob and the region actually used."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        logits = tf.cast(logits_model(x, training=False)[0, ..., 0], tf.float32)
-        prob = tf.sigmoid(logits)
-        reg = tf.cast(prob >= threshold, tf.float32) if region is None else tf.constant(region)
-        score = tf.reduce_sum(logits * reg)
-    grad = tape.gradient(score, x)
-    grad = np.zeros(x.shape[1:], np.float32) if grad is None else grad[0].numpy()
-    return grad.astype(np.float32), prob.numpy(), np.asarray(reg, dtype=np.float32)
+    """d(sum of logits over R)/d image (through the guided-ReLU copy when ``guided``), plus
+    prob and the region actually used. The traced pass is cached under ``model`` itself: a
+    value that referred to its own weak key would never be freed."""
+    logits_model = _guided_logits_model(model) if guided else _logits_model(model)
+    fn = _region_score_fn(lambda t: logits_model(t, training=False), int(x.shape[-1]),
+                          ("input-gradient", guided), model, wrt_input=True)
+    _, grad, prob, reg = _run_region_pass(fn, x, region, threshold)
+    return grad.astype(np.float32), prob, reg.astype(np.float32)
 
 
 def _logits_model(model: keras.Model) -> keras.Model:
@@ -568,7 +619,7 @@ def saliency(
     x = _prepare_image(model, image)
     height, width = int(x.shape[1]), int(x.shape[2])
     fixed = _region(target, box, pixel, height, width)
-    grad, prob, region = _input_gradient(_logits_model(model), x, fixed, threshold)
+    grad, prob, region = _input_gradient(model, False, x, fixed, threshold)
     raw = np.abs(grad).max(axis=-1)
     extra = {"region_pixels": int(region.sum()), **_target_extra(target, box, pixel)}
     if extra["region_pixels"] == 0:
@@ -701,7 +752,7 @@ def guided_grad_cam(
         region = _region(target, box, pixel, height, width)
         if region is None:
             region = (cam.prob >= float(threshold)).astype(np.float32)
-        grad, _, _ = _input_gradient(_guided_logits_model(model), x, region, float(threshold))
+        grad, _, _ = _input_gradient(model, True, x, region, float(threshold))
         weighted = grad * cam.heatmap[..., None]
         extra["rgb"] = _deprocess(weighted)
         raw = np.abs(weighted).max(axis=-1).astype(np.float32)

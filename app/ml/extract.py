@@ -320,7 +320,12 @@ def _mask_png(mask: np.ndarray):
 # --------------------------------------------------------------------------- extraction
 
 
-def _background_priority(step: int = 10) -> None:
+#: How much the reader and image-writer threads are niced. Mild on purpose: at +10 they got a
+#: tenth of a core's share once other processes were busy, and the network then waited on them.
+BACKGROUND_NICE = 2
+
+
+def _background_priority(step: int | None = None) -> None:
     """Lower the calling thread's CPU priority (Linux: nice applies per thread id).
 
     The reader and image-writer threads then only take CPU time the network leaves idle, instead
@@ -329,6 +334,7 @@ def _background_priority(step: int = 10) -> None:
     """
     try:
         tid = threading.get_native_id()
+        step = BACKGROUND_NICE if step is None else step
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
     except (AttributeError, OSError):
         pass

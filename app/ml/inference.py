@@ -11,7 +11,10 @@ importing this module (the dashboard's pages do) stays cheap.
   pixel is divided by the sum of its weights), so there are no seams. Tile origins are
   multiples of 16, the U-Net's pooling factor, so each tile sees the same pooling grid as the
   whole image would. Images are padded (reflect) to a multiple of 16; an image that fits in one
-  tile is predicted in one pass.
+  tile, or in ``config.SINGLE_PASS_MAX_PIXELS`` (1024² by default), is predicted in one
+  whole-image pass (no seams at all, and at 1024² half the work of 25 overlapping tiles).
+- :meth:`ModelService.warm_up` traces the forward and Grad-CAM graphs once, so the first
+  request of a served dashboard costs what every later new image costs.
 - :func:`otsu_baseline` and :func:`kmeans_colour_baseline` are the classical baselines shown
   beside the U-Net.
 - Results are cached in an **in-process LRU** (:data:`RESULTS`, bounded in bytes) keyed by
@@ -270,6 +273,7 @@ class ModelService:
         self._manifest: dict | None = None
         self._lock = threading.Lock()
         self._forward: Any = None
+        self.warmed = False
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -367,15 +371,18 @@ class ModelService:
         batch_size: int = 4,
         progress: Callable[[int, int], object] | None = None,
         use_cache: bool = True,
+        single_pass_max_pixels: int | None = None,
     ) -> np.ndarray:
         """Probability map (H, W) float32 of an image of any size, tiled and seamlessly stitched.
 
         ``tile`` must be a positive multiple of 16; the stride ``tile - overlap`` is rounded
         down to a multiple of 16 (so the effective overlap may grow by < 16 pixels).
-        ``progress(done, total)`` is called after each batch of tiles.
+        ``progress(done, total)`` is called after each batch of tiles. An image of at most
+        ``single_pass_max_pixels`` padded pixels (default ``config.SINGLE_PASS_MAX_PIXELS``; 0
+        always tiles) is predicted in one pass instead.
         """
         prob, _ = self.segment(image, tile, overlap, batch_size=batch_size, progress=progress,
-                               use_cache=use_cache)
+                               use_cache=use_cache, single_pass_max_pixels=single_pass_max_pixels)
         return prob
 
     def segment(
@@ -387,9 +394,18 @@ class ModelService:
         batch_size: int = 4,
         progress: Callable[[int, int], object] | None = None,
         use_cache: bool = True,
+        single_pass_max_pixels: int | None = None,
     ) -> tuple[np.ndarray, bool]:
         """:meth:`segment_large` plus whether the result came from the cache."""
         arr = _as_rgb(image)
+        if single_pass_max_pixels is None:
+            from app import config
+
+            single_pass_max_pixels = config.SINGLE_PASS_MAX_PIXELS
+        if (isinstance(single_pass_max_pixels, bool) or not isinstance(single_pass_max_pixels, int)
+                or single_pass_max_pixels < 0):
+            raise ValueError("The 'single_pass_max_pixels' parameter must be an int >= 0. "
+                             f"Got {single_pass_max_pixels!r} instead.")
         if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0 or tile % SIZE_FACTOR:
             raise ValueError(
                 f"The 'tile' parameter must be a positive multiple of {SIZE_FACTOR}. "
@@ -403,7 +419,19 @@ class ModelService:
             raise ValueError(f"The 'batch_size' parameter must be an int >= 1. Got {batch_size!r}.")
         stride = max(SIZE_FACTOR, (tile - overlap) // SIZE_FACTOR * SIZE_FACTOR)
 
+        padded_pixels = (math.ceil(arr.shape[0] / SIZE_FACTOR) * SIZE_FACTOR
+                         * math.ceil(arr.shape[1] / SIZE_FACTOR) * SIZE_FACTOR)
+        if padded_pixels <= single_pass_max_pixels:
+            tile, stride = 0, 0  # one whole-image pass (the cache key says so)
+
         def compute() -> np.ndarray:
+            if tile == 0:
+                if progress is not None:
+                    progress(0, 1)
+                prob = self.predict_tile(arr, use_cache=False)
+                if progress is not None:
+                    progress(1, 1)
+                return prob
             return self._segment(arr, tile, stride, batch_size, progress)
 
         if not use_cache:
@@ -443,6 +471,33 @@ class ModelService:
                 progress(min(start + batch_size, total), total)
         np.divide(acc, norm, out=acc, where=norm > 0)
         return np.ascontiguousarray(np.clip(acc[:h, :w], 0.0, 1.0))
+
+    # ------------------------------------------------------------------ warm-up
+    def warm_up(self, sizes: tuple[int, ...] = (256, 1024), layer: str = "bottleneck") -> dict:
+        """Load the model and trace the forward pass at each size and the Seg-Grad-CAM pass of
+        ``layer`` once, on a grey image, caching nothing; returns seconds per step.
+
+        A served dashboard calls this in a background thread at start, so the first person's
+        first click pays what every new image pays (graph tracing and oneDNN's first-run
+        set-up cost ~1-2 s on CPU) instead of several seconds.
+        """
+        from app.ml import explain as ex
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        self.sha256  # noqa: B018 - loads (and hash-checks) the model
+        timings["load"] = time.perf_counter() - t0
+        for size in sizes:
+            t0 = time.perf_counter()
+            self._predict_batch(np.full((1, size, size, 3), 128.0, np.float32))
+            timings[f"predict_{size}"] = time.perf_counter() - t0
+        small = min(sizes) if sizes else 256
+        t0 = time.perf_counter()
+        ex.seg_grad_cam(self.model, np.full((small, small, 3), 128, np.uint8), layer=layer,
+                        target="image")
+        timings[f"grad_cam_{small}"] = time.perf_counter() - t0
+        self.warmed = True
+        return timings
 
     # ------------------------------------------------------------------ explanations
     def explain(

@@ -37,7 +37,7 @@ from flask import Flask, Request, Response, abort, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from app import config
-from app.web import api, health, ids, images, state
+from app.web import api, health, ids, images, services, state
 from app.web.cache import cache, default_config
 
 log = logging.getLogger(__name__)
@@ -418,6 +418,7 @@ def _get_default_app() -> Dash:
     with _default_lock:
         if _default_app is None:
             _default_app = create_app()
+            services.start_warm_up()  # each gunicorn worker, after the fork
     return _default_app
 
 
@@ -436,6 +437,7 @@ def run(
 ) -> None:
     """Serve the dashboard (development server, debug off, 127.0.0.1 unless told)."""
     app = create_app(model_run=model_run, embeddings_run=embeddings_run)
+    services.start_warm_up()
     print(f"U-Net Lens on http://{host}:{port}/", flush=True)
     app.run(host=host, port=port, debug=False)
 

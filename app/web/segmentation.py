@@ -27,15 +27,19 @@ N_NEIGHBOURS = 8
 CACHE_TIMEOUT = 3600
 
 
-def tiling_description(width: int, height: int, tile: int = TILE, overlap: int = OVERLAP) -> str:
+def tiling_description(width: int, height: int, tile: int = TILE, overlap: int = OVERLAP,
+                       single_pass_max_pixels: int | None = None) -> str:
     """How ``ModelService.segment`` covers an image of this size, in words."""
     import math
 
+    from app import config
     from app.ml.inference import SIZE_FACTOR, tile_origins
 
+    if single_pass_max_pixels is None:
+        single_pass_max_pixels = config.SINGLE_PASS_MAX_PIXELS
     ph = math.ceil(height / SIZE_FACTOR) * SIZE_FACTOR
     pw = math.ceil(width / SIZE_FACTOR) * SIZE_FACTOR
-    if ph <= tile and pw <= tile:
+    if (ph <= tile and pw <= tile) or ph * pw <= single_pass_max_pixels:
         return "one pass (padded to /16)" if (ph, pw) != (height, width) else "one pass"
     stride = max(SIZE_FACTOR, (tile - overlap) // SIZE_FACTOR * SIZE_FACTOR)
     n = len(tile_origins(ph, min(tile, ph), stride)) * len(tile_origins(pw, min(tile, pw), stride))

@@ -94,6 +94,34 @@ def model_for(run: EmbeddingsRun | None) -> ModelInfo:
     return ModelInfo(service, run_id, warning=warning)
 
 
+def start_warm_up() -> threading.Thread | None:
+    """Warm the default run's model in a daemon thread (``ModelService.warm_up``) so the first
+    Grad-CAM or upload does not pay for graph tracing. Off with ``UNET_LENS_WARM_UP=0``.
+
+    Failures are logged, never raised: the pages report a missing or broken model themselves.
+    """
+    if not config.WARM_UP:
+        return None
+
+    def work() -> None:
+        from app.web import state
+
+        try:
+            info = model_for(state.get_run(state.default_run_id()))
+            if info.service is None:
+                log.warning("warm-up skipped: %s", info.message)
+                return
+            timings = info.service.warm_up()
+            log.info("model %s warm: %s", info.run_id,
+                     ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+        except Exception:  # noqa: BLE001 - a warm-up must never take the server down
+            log.exception("model warm-up failed")
+
+    thread = threading.Thread(target=work, name="model-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 # --------------------------------------------------------------------------- stored tiles
 
 

@@ -94,7 +94,7 @@ def test_stitching_is_exact_for_a_pointwise_model(pointwise: keras.Model) -> Non
     svc = ModelService(model=pointwise, cache=ResultCache())
     img = _image(150, 200, seed=3)
     whole = svc.predict_tile(img)
-    stitched = svc.segment_large(img, tile=64, overlap=16)
+    stitched = svc.segment_large(img, tile=64, overlap=16, single_pass_max_pixels=0)
     assert stitched.shape == (150, 200)
     np.testing.assert_allclose(stitched, whole, atol=1e-5)
 
@@ -105,7 +105,7 @@ def test_stitched_segmentation_matches_the_whole_image_away_from_borders(
     64 px tile cannot match exactly, but the blend keeps it close everywhere and seam-free."""
     img = _image(128, 176)
     whole = service.predict_tile(img)
-    stitched = service.segment_large(img, tile=64, overlap=16)
+    stitched = service.segment_large(img, tile=64, overlap=16, single_pass_max_pixels=0)
     assert stitched.shape == whole.shape == (128, 176)
     inner = (slice(16, -16), slice(16, -16))
     diff = np.abs(stitched - whole)[inner]
@@ -114,6 +114,29 @@ def test_stitched_segmentation_matches_the_whole_image_away_from_borders(
     # no seams: the map is as smooth across tile borders (x = 48, 96, ...) as elsewhere
     grad = np.abs(np.diff(stitched, axis=1))
     assert grad[:, 47:49].mean() < 3 * grad.mean() + 1e-3
+
+
+def test_images_up_to_the_single_pass_limit_take_one_whole_image_pass(
+        service: ModelService) -> None:
+    """At or below the limit (padded pixels) one pass, equal to ``predict_tile``; one padded
+    pixel above it, tiles (their progress reports count the tiles)."""
+    img = _image(96, 160)  # pads to 96 x 160 = 15 360 pixels
+    calls: list[tuple[int, int]] = []
+    prob = service.segment_large(img, tile=64, overlap=16, use_cache=False,
+                                 single_pass_max_pixels=96 * 160,
+                                 progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_allclose(prob, service.predict_tile(img), atol=1e-6)
+    assert calls[-1] == (1, 1)
+    calls.clear()
+    tiled = service.segment_large(img, tile=64, overlap=16, use_cache=False,
+                                  single_pass_max_pixels=96 * 160 - 1,
+                                  progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][1] == len(tile_origins(96, 64, 48)) * len(tile_origins(160, 64, 48))
+    assert not np.array_equal(tiled, prob)
+    # the cache keeps the two apart
+    one, _ = service.segment(img, tile=64, overlap=16, single_pass_max_pixels=10**6)
+    many, hit = service.segment(img, tile=64, overlap=16, single_pass_max_pixels=0)
+    assert not hit and not np.array_equal(one, many)
 
 
 def test_small_and_odd_images_are_padded_and_cropped(service: ModelService) -> None:
@@ -129,10 +152,11 @@ def test_small_and_odd_images_are_padded_and_cropped(service: ModelService) -> N
 def test_segment_large_progress_and_validation(service: ModelService) -> None:
     calls: list[tuple[int, int]] = []
     service.segment_large(_image(96, 160), tile=64, overlap=16, batch_size=2, use_cache=False,
-                          progress=lambda d, t: calls.append((d, t)))
+                          progress=lambda d, t: calls.append((d, t)), single_pass_max_pixels=0)
     assert calls and calls[-1][0] == calls[-1][1] == len(tile_origins(96, 64, 48)) * len(
         tile_origins(160, 64, 48))
-    for bad in ({"tile": 60}, {"tile": 64, "overlap": 64}, {"tile": True}):
+    for bad in ({"tile": 60}, {"tile": 64, "overlap": 64}, {"tile": True},
+                {"single_pass_max_pixels": -1}, {"single_pass_max_pixels": 1.5}):
         with pytest.raises(ValueError, match="parameter must"):
             service.segment_large(_image(32, 32), **bad)
 
@@ -168,8 +192,8 @@ def test_cache_hit_returns_the_identical_result(service: ModelService) -> None:
     np.testing.assert_array_equal(second.result.heatmap, first.result.heatmap)
     other = service.explain(img, "seg-grad-cam", layer="enc4", target="image")
     assert not other.cached  # the layer is part of the key
-    p1, hit1 = service.segment(img, tile=64, overlap=16)
-    p2, hit2 = service.segment(img, tile=64, overlap=16)
+    p1, hit1 = service.segment(img, tile=64, overlap=16, single_pass_max_pixels=0)
+    p2, hit2 = service.segment(img, tile=64, overlap=16, single_pass_max_pixels=0)
     assert (hit1, hit2) == (False, True) and p2 is p1
 
 
@@ -268,3 +292,27 @@ def test_embed_image_uses_the_runs_layer_and_representation(
     run = EmbeddingsRun.open(run_id, tmp_path, check_model=False)
     with pytest.raises(ValueError, match="32-dim"):
         service.embed_image(_image(64, 64, seed=5), run)
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+def test_warm_up_traces_without_caching_results(service: ModelService) -> None:
+    before = len(service.cache)
+    timings = service.warm_up(sizes=(64, 96))
+    assert set(timings) == {"load", "predict_64", "predict_96", "grad_cam_64"}
+    assert all(v >= 0 for v in timings.values()) and service.warmed
+    assert len(service.cache) == before  # nothing a person asked for was computed
+    # the traced Grad-CAM pass then serves any size without retracing
+    from app.ml import explain as ex
+
+    res = ex.seg_grad_cam(service.model, _image(128, 80), target="image")
+    assert res.heatmap.shape == (128, 80) and np.isfinite(res.heatmap).all()
+
+
+def test_start_warm_up_is_off_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import config
+    from app.web import services
+
+    monkeypatch.setattr(config, "WARM_UP", False)
+    assert services.start_warm_up() is None

@@ -391,7 +391,7 @@ def _json(component: Any) -> str:
 
 
 def test_explain_callbacks(flask_app: Any) -> None:
-    from app.web import ids_ii as ids
+    from app.web import ids
 
     xp = sys.modules["app.web.pages.explain"]
     run_id = state.default_run_id()
@@ -484,3 +484,14 @@ def test_no_model_gives_a_clear_message(flask_app: Any, monkeypatch: pytest.Monk
     monkeypatch.setattr(config, "MODEL_STORE", tmp_path)
     info = services.model_for(state.get_run(state.default_run_id()))
     assert not info.ok and "No model run 'fixture-model'" in info.message
+
+
+def test_tiling_description_follows_the_single_pass_limit() -> None:
+    from app.web.segmentation import tiling_description
+
+    assert tiling_description(1024, 1024, single_pass_max_pixels=1024 * 1024) == "one pass"
+    assert tiling_description(1000, 1000, single_pass_max_pixels=1024 * 1024) == (
+        "one pass (padded to /16)")
+    assert tiling_description(1024, 1040, single_pass_max_pixels=1024 * 1024) == (
+        "25 tiles of 256 px, 32 px overlap, blended")
+    assert tiling_description(200, 100, single_pass_max_pixels=0) == "one pass (padded to /16)"

@@ -10,10 +10,10 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from tests.serving import (
     free_port,
     get,
     linked_run,
+    redis_server,
     serve_env,
     server_process,
     wait_for,
@@ -116,29 +117,9 @@ def test_the_dockerfile_cmd_serves_and_survives_a_killed_worker(site: Path) -> N
 
 
 @pytest.fixture()
-def redis_url():
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (CI must install it)")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
 
 
 def test_two_workers_share_a_redis_cache(site: Path, redis_url: str) -> None:

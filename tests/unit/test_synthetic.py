@@ -82,7 +82,7 @@ def test_shapes_dtypes_and_ids(pairs: list[tuple[Scene, Scene]]) -> None:
             assert scene.mask is not None
             assert scene.mask.shape == (SIZE, SIZE) and scene.mask.dtype == np.uint8
             assert set(np.unique(scene.mask)) <= {0, 1}
-            assert scene.scene_id == f"{group}_{phase}_disaster"
+            assert scene.scene_id == f"{group}_{phase}"
             assert scene.group == group
             assert scene.source == "synthetic"
             assert scene.meta["phase"] == phase
@@ -194,10 +194,10 @@ def test_building_fraction_is_plausible() -> None:
 def test_iter_synthetic_yields_locations_in_order() -> None:
     scenes = list(iter_synthetic(2, seed=1, size=SIZE))
     assert [s.scene_id for s in scenes] == [
-        "synthetic-1_00000_pre_disaster",
-        "synthetic-1_00000_post_disaster",
-        "synthetic-1_00001_pre_disaster",
-        "synthetic-1_00001_post_disaster",
+        "synthetic-1_00000_pre",
+        "synthetic-1_00000_post",
+        "synthetic-1_00001_pre",
+        "synthetic-1_00001_post",
     ]
     _same(scenes[3], generate_scene(1, 1, SIZE, "post"))
     only_post = list(iter_synthetic(2, seed=1, size=SIZE, phases=("post",)))

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +10,7 @@ import pytest
 from app.web import analysis, state
 from app.web.cache import cache, default_config
 from tests.fixture_run import shared_fixture_run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.serving import redis_server
 
 
 def test_default_is_a_file_system_cache(monkeypatch) -> None:
@@ -63,29 +54,9 @@ def test_file_system_cache_is_shared_between_apps(fixture_root, tmp_path: Path) 
 
 
 @pytest.fixture()
-def redis_url():
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (CI must install it)")
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
 
 
 def test_redis_cache_stores_cluster_labels(fixture_root, redis_url: str, monkeypatch) -> None:

@@ -18,10 +18,8 @@ import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 from dash.dash_table.Format import Format, Scheme
 
-from app.web import components, services, state, widgets
+from app.web import components, ids, services, state, widgets
 from app.web import evaluation as ev
-from app.web import ids as shell
-from app.web import ids_ii as ids
 from app.web.background import MANAGER
 from app.web.cache import cache
 from app.web.images import img_url
@@ -259,7 +257,7 @@ def layout(**_: Any) -> html.Div:
     Output(ids.EV_EMPTY, "children"),
     Output(ids.EV_WARNING, "children"),
     Output(ids.EV_CONTENT, "style"),
-    Input(shell.RUN, "value"),
+    Input(ids.RUN, "value"),
     background=True,
     manager=MANAGER,
     progress=[Output(ids.EV_PROGRESS, "value"), Output(ids.EV_PROGRESS, "max"),

@@ -23,9 +23,7 @@ import dash
 import numpy as np
 from dash import ALL, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
-from app.web import components, figures, services, state, uploads, widgets
-from app.web import ids as shell
-from app.web import ids_ii as ids
+from app.web import components, figures, ids, services, state, uploads, widgets
 from app.web.background import MANAGER
 from app.web.cache import cache
 from app.web.images import img_url
@@ -434,7 +432,7 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
     Output(ids.XP_SUGGEST, "children"),
     Output(ids.XP_CH_CHANNEL, "max"),
     Output(ids.XP_CH_NOTE, "children"),
-    Input(shell.RUN, "value"),
+    Input(ids.RUN, "value"),
     State(ids.XP_LAYER, "value"),
 )
 def setup(run_id: str | None, layer: str | None) -> tuple:
@@ -462,7 +460,7 @@ def setup(run_id: str | None, layer: str | None) -> tuple:
 @callback(
     Output(ids.XP_CHANNEL, "max"),
     Input(ids.XP_LAYER, "value"),
-    State(shell.RUN, "value"),
+    State(ids.RUN, "value"),
 )
 def channel_range(layer: str | None, run_id: str | None) -> Any:
     """The channel input's range follows the layer."""
@@ -476,7 +474,7 @@ def channel_range(layer: str | None, run_id: str | None) -> Any:
     Output(ids.XP_TILE, "options"),
     Input(ids.XP_TILE, "search_value"),
     State(ids.XP_TILE, "value"),
-    State(shell.RUN, "value"),
+    State(ids.RUN, "value"),
 )
 def search_tiles(search: str | None, current: str | None, run_id: str | None) -> Any:
     """Tile ids matching what is typed (searched on the server: runs hold 10⁵ tiles)."""
@@ -490,7 +488,7 @@ def search_tiles(search: str | None, current: str | None, run_id: str | None) ->
     Output(ids.XP_TILE, "value"),
     Output(ids.XP_SOURCE, "value"),
     Input({"type": ids.XP_SUGGEST_CARD, "index": ALL}, "n_clicks"),
-    Input(shell.RUN, "value"),
+    Input(ids.RUN, "value"),
     State(ids.XP_TILE, "value"),
 )
 def pick_tile(_clicks: list, run_id: str | None, current: str | None) -> tuple:
@@ -564,7 +562,7 @@ def take_upload(contents: Any, filename: Any) -> tuple:
     Input(ids.XP_UPLOAD_KEY, "data"),
     Input(ids.XP_TARGET, "value"),
     Input(ids.XP_TARGET_STORE, "data"),
-    State(shell.RUN, "value"),
+    State(ids.RUN, "value"),
 )
 def show_image(source: str, tile: str | None, upload: dict | None, target: str,
                target_data: dict | None, run_id: str | None) -> tuple:
@@ -637,7 +635,7 @@ def pick_target(relayout: Any, click: Any, _tile: Any, _upload: Any, target: str
     Input(ids.XP_UPLOAD_KEY, "data"),
     State(ids.XP_SOURCE, "value"),
     State(ids.XP_OPACITY, "value"),
-    State(shell.RUN, "value"),
+    State(ids.RUN, "value"),
 )
 def run_explain(n_clicks: int, method: str, layer: str | None, channel: Any, target: str,
                 target_data: dict | None, tile: str | None, upload: dict | None, source: str,
@@ -679,7 +677,7 @@ clientside_callback(
 @callback(
     Output(ids.XP_CH_TILES, "children"),
     Input(ids.XP_CH_CHANNEL, "value"),
-    Input(shell.RUN, "value"),
+    Input(ids.RUN, "value"),
 )
 def channel_tiles(channel: Any, run_id: str | None) -> Any:
     """The stored tiles with the highest mean activation of the channel."""
@@ -706,7 +704,7 @@ def channel_tiles(channel: Any, run_id: str | None) -> Any:
     Output(ids.XP_AM_STATUS, "children"),
     Input(ids.XP_AM_RUN, "n_clicks"),
     State(ids.XP_CH_CHANNEL, "value"),
-    State(shell.RUN, "value"),
+    State(ids.RUN, "value"),
     background=True,
     manager=MANAGER,
     progress=[Output(ids.XP_AM_PROGRESS, "value"), Output(ids.XP_AM_PROGRESS, "max"),

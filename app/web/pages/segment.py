@@ -2,8 +2,9 @@
 
 The upload (PNG / JPEG / TIFF, 8/16-bit, grayscale, RGBA, palette, CMYK, up to
 ``config.MAX_UPLOAD_BYTES``) is decoded by :func:`app.web.uploads.parse_upload`; a bad file is a
-clear message in the page and nothing else changes. A good one is segmented tile by tile
-(256 px tiles, 32 px overlap, raised-cosine blending: ``ModelService.segment_large``) in a
+clear message in the page and nothing else changes. A good one is segmented in one whole-image
+pass up to ``config.SINGLE_PASS_MAX_PIXELS`` (1024² by default), else tile by tile (256 px
+tiles, 32 px overlap, raised-cosine blending: ``ModelService.segment_large``), in a
 background callback with a progress bar, then shown as a mask overlay and a probability map
 with the building count and area (``metrics.count_buildings``, watershed), Otsu and K-means
 colour baselines beside the U-Net, a Grad-CAM of the upload, a "Download mask PNG" button and
@@ -24,9 +25,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import config
-from app.web import analysis, components, figures, services, state, uploads, widgets
-from app.web import ids as shell
-from app.web import ids_ii as ids
+from app.web import analysis, components, figures, ids, services, state, uploads, widgets
 from app.web import segmentation as seg
 from app.web.analysis import METHOD_LABELS
 from app.web.background import MANAGER
@@ -207,7 +206,7 @@ def layout(**_: Any) -> html.Div:
 @callback(
     Output(ids.SG_EMPTY, "children"),
     Output(ids.SG_WARNING, "children"),
-    Input(shell.RUN, "value"),
+    Input(ids.RUN, "value"),
 )
 def check_model(run_id: str | None) -> tuple:
     """Say up front when there is no model to segment with."""
@@ -228,7 +227,7 @@ def check_model(run_id: str | None) -> tuple:
     Output(ids.SG_CONTENT, "style"),
     Input(ids.SG_UPLOAD, "contents"),
     State(ids.SG_UPLOAD, "filename"),
-    State(shell.RUN, "value"),
+    State(ids.RUN, "value"),
     background=True,
     manager=MANAGER,
     progress=[Output(ids.SG_PROGRESS, "value"), Output(ids.SG_PROGRESS, "max"),
@@ -268,7 +267,7 @@ def segment_upload(set_progress: Any, contents: Any, filename: Any, run_id: str 
 @callback(
     Output(ids.SG_GRADCAM, "children"),
     Input(ids.SG_RESULT, "data"),
-    State(shell.RUN, "value"),
+    State(ids.RUN, "value"),
     prevent_initial_call=True,
 )
 def upload_gradcam(result: dict | None, run_id: str | None) -> Any:
