@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ))
     cmd_embed(ns(
         model_run=config.DEMO_MODEL_RUN, dataset=str(out), run_id=config.DEMO_EMBEDDINGS_RUN,
-        layer="bottleneck", representation="gap", splits=None, limit=None, batch_size=16,
+        layer="bottleneck", representation="gap", splits=None, limit=None, batch_size=8,
         seed=args.seed,
     ))
     cmd_reduce(ns(
@@ -190,11 +190,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0 if ready else 1
     if args.workers > 1:
         return _serve_gunicorn(args)
-    from app.web.main import create_app
+    import logging
 
-    dash_app = create_app(model_run=args.model_run, embeddings_run=args.embeddings_run)
-    print(f"U-Net Lens on http://{args.host}:{args.port}/", flush=True)
-    dash_app.run(host=args.host, port=args.port, debug=False)
+    from app.web.main import run
+
+    # The warm-up thread and the request log report through logging.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run(host=args.host, port=args.port, model_run=args.model_run,
+        embeddings_run=args.embeddings_run)
     return 0
 
 
@@ -289,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"], default="gap")
     p.add_argument("--splits", nargs="*", default=None, help="only these splits")
     p.add_argument("--limit", type=int, default=None, help="at most this many tiles")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="tiles per forward pass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_embed)
 

@@ -201,17 +201,19 @@ ALL_PARTS = ("throughput", "loaded", "memory", "thesis")
 
 def run(quick: bool = False, *, preset: str = "light", size: int = 256,
         parts: tuple[str, ...] = ALL_PARTS, repeats: int | None = None,
-        load_procs: int = 6) -> Report:
+        load_procs: int = 6, mem_ns: tuple[int, ...] | None = None) -> Report:
     """``parts`` selects the tables (all by default); ``repeats`` the throughput repeats;
-    ``load_procs`` the busy processes of the "loaded" part."""
+    ``load_procs`` the busy processes of the "loaded" part; ``mem_ns`` the tile counts of the
+    memory part (default 250, 500, 1 000; 10 000 takes ~10 min on 2 quiet cores)."""
     report = Report("extract", "extract: embedding extraction throughput and memory")
-    if tuple(parts) != ALL_PARTS:
+    if tuple(parts) != ALL_PARTS or mem_ns:
         report.notes.append(f"run from Python: `run_benchmark(\"extract\", parts={tuple(parts)!r}"
-                            + (f", repeats={repeats}" if repeats else "") + ")`")
+                            + (f", repeats={repeats}" if repeats else "")
+                            + (f", mem_ns={tuple(mem_ns)!r}" if mem_ns else "") + ")`")
     bs = 16
     n_tp, default_repeats = (16, 1) if quick else (128, 3)
     repeats = repeats or default_repeats
-    mem_ns = (16, 32) if quick else (250, 500, 1000)
+    mem_ns = tuple(mem_ns) if mem_ns else (16, 32) if quick else (250, 500, 1000)
     mem_targets = () if quick else (1000, 10_000)
 
     if "throughput" in parts:
@@ -279,33 +281,37 @@ def run(quick: bool = False, *, preset: str = "light", size: int = 256,
 
     if "memory" in parts:
         # 2. memory vs number of tiles
+        from app.ml.extract import DEFAULT_BATCH_SIZE as mbs
+
         t2 = Table(f"Peak RSS growth of `extract_embeddings` vs tiles ({preset}, {size}², batch "
-                   f"{bs}; fresh process per N)",
-                   ["tiles", "peak RSS growth", "time", "tiles/s", "files on disk", "measured?"])
+                   f"{mbs}, the default; fresh process per N)",
+                   ["tiles", "peak RSS growth", "process peak RSS", "time", "tiles/s",
+                    "files on disk", "measured?"])
         ns, growth, secs = [], [], []
         for n in mem_ns:
             log(f"extract: memory, {n} tiles")
             r = run_child("bench.extract:memory_child",
-                          {"n": n, "size": size, "preset": preset, "batch_size": bs},
-                          timeout=900)
+                          {"n": n, "size": size, "preset": preset, "batch_size": mbs},
+                          timeout=max(900, 0.5 * n))
             ns.append(n)
             growth.append(r["rss_growth"])
             secs.append(r["seconds"])
-            t2.add(n, fmt_bytes(r["rss_growth"]), fmt_s(r["seconds"]), n / r["seconds"],
-                   fmt_bytes(r["files_bytes"]), "measured")
-        b_mem, _ = fit_exponent(ns, growth)
-        b_time, _ = fit_exponent(ns, secs)
-        for target in mem_targets:
+            t2.add(n, fmt_bytes(r["rss_growth"]), fmt_bytes(r["rss_peak"]), fmt_s(r["seconds"]),
+                   n / r["seconds"], fmt_bytes(r["files_bytes"]), "measured")
+        # Exponents and extrapolations need two measured N.
+        b_mem, _ = fit_exponent(ns, growth) if len(ns) > 1 else (float("nan"), None)
+        b_time, _ = fit_exponent(ns, secs) if len(ns) > 1 else (float("nan"), None)
+        for target in mem_targets if len(ns) > 1 else ():
             if target in ns:
                 continue
             g, _ = extrapolate(target, ns, growth)
             s, _ = extrapolate(target, ns, secs)
-            t2.add(f"{target:,}", fmt_bytes(g), fmt_s(s), target / s, "–",
+            t2.add(f"{target:,}", fmt_bytes(g), "–", fmt_s(s), target / s, "–",
                    f"**extrapolated** (n^{b_mem:.2f} memory, n^{b_time:.2f} time)")
-        t2.notes += [
-            f"Growth exponents over the measured N: memory ∝ n^{b_mem:.2f}, time ∝ n^{b_time:.2f}.",
-        ]
-        if mem_targets:
+        if len(ns) > 1:
+            t2.notes.append(f"Growth exponents over the measured N: memory ∝ n^{b_mem:.2f}, "
+                            f"time ∝ n^{b_time:.2f}.")
+        if len(ns) > 1 and mem_targets and max(mem_targets) not in ns:
             t2.notes.append(
                 f"{max(mem_targets):,} tiles would take ~"
                 f"{fmt_s(extrapolate(max(mem_targets), ns, secs)[0])} here, beyond the 8-minute "
@@ -319,7 +325,8 @@ def run(quick: bool = False, *, preset: str = "light", size: int = 256,
                 f"largest N, i.e. ~{fmt_s(fixed + slope * 10_000)} for 10,000 tiles.")
         t2.notes += [
             f"Memory measured as {r['mem_method']}; growth excludes Python, TensorFlow and the "
-            "model.",
+            "model, which the process peak includes (the whole child: TensorFlow, the model, "
+            "the in-memory tile pool of the benchmark, a warm-up run).",
         ]
         report.tables.append(t2)
 

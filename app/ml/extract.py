@@ -320,6 +320,11 @@ def _mask_png(mask: np.ndarray):
 # --------------------------------------------------------------------------- extraction
 
 
+#: Tiles per forward pass. 8 rather than 16: as fast on CPU (measured side by side), and the
+#: batch's activations (~55 MiB per 256² tile for the light preset) stay ~0.2 GiB smaller, which
+#: keeps a whole embedding process under 1 GB (TensorFlow's import alone is ~0.6 GiB).
+DEFAULT_BATCH_SIZE = 8
+
 #: How much the reader and image-writer threads are niced. Mild on purpose: at +10 they got a
 #: tenth of a core's share once other processes were busy, and the network then waited on them.
 BACKGROUND_NICE = 2
@@ -456,7 +461,7 @@ def extract_embeddings(
     tile_ids: Sequence[str] | None = None,
     layer: str = "bottleneck",
     representation: str = "gap",
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     projection_dims: int = 2048,
     projection: str = "sparse_random",
     random_state: int = 0,

@@ -255,6 +255,7 @@ def train(
         steps_per_epoch=cfg.steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles itself (seeded)
     )
     seconds = time.monotonic() - start
     if budget and budget.stopped_by_budget and cfg.max_minutes:

@@ -141,6 +141,16 @@ def map_figure_for(run: Any, method: str, placement: dict[str, Any]) -> Any:
 # --------------------------------------------------------------------------- layout
 
 
+def _single_pass_side() -> str:
+    """The single-pass limit in words: "1024²" for a square number of pixels."""
+    import math
+
+    side = math.isqrt(config.SINGLE_PASS_MAX_PIXELS)
+    if side * side == config.SINGLE_PASS_MAX_PIXELS:
+        return f"{side}²"
+    return f"{config.SINGLE_PASS_MAX_PIXELS / 1e6:.1f} MP"
+
+
 def layout(**_: Any) -> html.Div:
     """The page skeleton: upload box, then the results of the last good upload."""
     limit = uploads.fmt_bytes(config.MAX_UPLOAD_BYTES)
@@ -160,10 +170,11 @@ def layout(**_: Any) -> html.Div:
         html.Div([
             html.Div([
                 html.H1("Segment an image"),
-                html.P(["Upload an aerial image: the U-Net segments it in ",
-                        f"{TILE} px tiles with {OVERLAP} px overlap, blended without seams; "
-                        "classical baselines and the image's place among the stored tiles "
-                        "appear beside it."], className="subtitle"),
+                html.P(["Upload an aerial image: the U-Net segments it in one pass up to "
+                        f"{_single_pass_side()} px, larger ones in {TILE} px tiles with "
+                        f"{OVERLAP} px overlap, blended without seams; classical baselines and "
+                        "the image's place among the stored tiles appear beside it."],
+                       className="subtitle"),
             ], className="page-title"),
         ], className="page-head"),
         html.Div(id=ids.SG_WARNING),
