@@ -152,7 +152,7 @@ def write_dataset(
 
 
 def _check_scene_id(scene_id: str, seen: set[str]) -> None:
-    if not _safe_name(scene_id):
+    if not safe_name(scene_id):
         raise DatasetError(
             f"Scene id {scene_id!r} cannot be used in file names; expected no '/', '\\', NUL "
             f"or leading '.'."
@@ -162,7 +162,7 @@ def _check_scene_id(scene_id: str, seen: set[str]) -> None:
     seen.add(scene_id)
 
 
-def _safe_name(text: Any) -> bool:
+def safe_name(text: Any) -> bool:
     """True when ``text`` is a plain file-name component (no traversal, no hidden files)."""
     return (
         isinstance(text, str)
@@ -253,7 +253,7 @@ class TileDataset:
         missing = [c for c in _REQUIRED if c not in table.columns]
         if missing:
             raise DatasetError(f"{table_path}: missing columns {missing}; expected {_REQUIRED}.")
-        bad = [t for t in table["tile_id"] if not _safe_name(t)]
+        bad = [t for t in table["tile_id"] if not safe_name(t)]
         if bad:
             raise DatasetError(f"{table_path}: invalid tile ids, e.g. {bad[0]!r}.")
         if table["tile_id"].duplicated().any():

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.data.base import DAMAGE_CLASSES
+from app.data.dataset import safe_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -407,24 +408,13 @@ def _batches(dataset: Any, tile_ids: Sequence[str], batch_size: int) -> Iterator
         yield ids, np.stack(images), masks
 
 
-def _safe_file_name(text: Any) -> bool:
-    """The dataset's rule for tile ids (``app.data.dataset``): a plain file-name component."""
-    return (
-        isinstance(text, str)
-        and 0 < len(text) <= 200
-        and not text.startswith(".")
-        and not any(c in text for c in "/\\\x00")
-        and Path(text).name == text
-    )
-
-
 def _check_inputs(model: keras.Model, table: pd.DataFrame, tile_ids: Sequence[str],
                   batch_size: int, dtype: str, thumb_size: int, threshold: float) -> None:
     if not tile_ids:
         raise ValueError("extract_embeddings needs at least one tile. Got none.")
     if len(set(tile_ids)) != len(tile_ids):
         raise ValueError("tile ids must be unique; the list given repeats some.")
-    bad = [t for t in tile_ids if not _safe_file_name(t)]
+    bad = [t for t in tile_ids if not safe_name(t)]
     if bad:
         raise ValueError(
             "tile ids become file names: they must be 1-200 characters without '/', '\\', NUL "
