@@ -303,11 +303,32 @@ def test_warm_up_traces_without_caching_results(service: ModelService) -> None:
     assert set(timings) == {"load", "predict_64", "predict_96", "grad_cam_64"}
     assert all(v >= 0 for v in timings.values()) and service.warmed
     assert len(service.cache) == before  # nothing a person asked for was computed
-    # the traced Grad-CAM pass then serves any size without retracing
+    # what it warmed: the traced forward pass and the bottleneck Grad-CAM pass
     from app.ml import explain as ex
 
+    assert service._forward is not None
+    assert ("explain-pass", "bottleneck") in ex._CACHE[service.model]
+    # the traced Grad-CAM pass then serves another size
     res = ex.seg_grad_cam(service.model, _image(128, 80), target="image")
     assert res.heatmap.shape == (128, 80) and np.isfinite(res.heatmap).all()
+
+
+def test_start_warm_up_warms_the_served_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped demo: the thread loads the demo model and traces its passes."""
+    from app import config
+    from app.web import services, state
+
+    if config.DEMO_MODEL_RUN not in artifacts.list_runs(config.MODEL_STORE):
+        pytest.skip("the shipped demo model is not in model_store/")
+    monkeypatch.setattr(config, "WARM_UP", True)
+    state.configure(embeddings_run=None, model_run=None, root=None)
+    inference.forget_services()
+    thread = services.start_warm_up()
+    assert thread is not None
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert inference.get_service(config.DEMO_MODEL_RUN).warmed
+    inference.forget_services()
 
 
 def test_start_warm_up_is_off_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
