@@ -96,8 +96,9 @@ def model_for(run: EmbeddingsRun | None) -> ModelInfo:
 
 
 def start_warm_up() -> threading.Thread | None:
-    """Warm the default run's model in a daemon thread (``ModelService.warm_up``) so the first
-    Grad-CAM or upload does not pay for graph tracing. Off with ``UNET_LENS_WARM_UP=0``.
+    """Warm the default run's model (``ModelService.warm_up``) and its reducers in a daemon
+    thread, so the first Grad-CAM or upload does not pay for graph tracing or numba's JIT. Off
+    with ``UNET_LENS_WARM_UP=0``.
 
     Failures are logged, never raised: the pages report a missing or broken model themselves.
     """
@@ -109,12 +110,21 @@ def start_warm_up() -> threading.Thread | None:
 
         try:
             started = time.perf_counter()
-            info = model_for(state.get_run(state.default_run_id()))  # loads the model
+            run = state.get_run(state.default_run_id())
+            info = model_for(run)  # loads the model
             if info.service is None:
                 log.warning("warm-up skipped: %s", info.message)
                 return
             timings = {"load": time.perf_counter() - started, **{
                 k: v for k, v in info.service.warm_up().items() if k != "load"}}
+            if run is not None and len(run.vectors):
+                # Load the reducers and compile their transforms (UMAP's numba JIT alone is
+                # ~10 s): the first upload's "place on the maps" then costs what later ones do.
+                from app.pipeline import place_new
+
+                started = time.perf_counter()
+                place_new(run, np.asarray(run.vectors[0], dtype=np.float32))
+                timings["reducers"] = time.perf_counter() - started
             log.info("model %s warm: %s", info.run_id,
                      ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
         except Exception:  # noqa: BLE001 - a warm-up must never take the server down

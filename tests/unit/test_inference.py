@@ -314,7 +314,8 @@ def test_warm_up_traces_without_caching_results(service: ModelService) -> None:
 
 
 def test_start_warm_up_warms_the_served_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The shipped demo: the thread loads the demo model and traces its passes."""
+    """The shipped demo: the thread loads the demo model, traces its passes and loads the
+    run's reducers."""
     from app import config
     from app.web import services, state
 
@@ -328,6 +329,7 @@ def test_start_warm_up_warms_the_served_model(monkeypatch: pytest.MonkeyPatch) -
     thread.join(timeout=300)
     assert not thread.is_alive()
     assert inference.get_service(config.DEMO_MODEL_RUN).warmed
+    assert "reducers" in state.get_run(state.default_run_id())._cache  # loaded, transforms run
     inference.forget_services()
 
 
