@@ -330,7 +330,7 @@ class ModelService:
         return int(self.model.get_layer(layer).output.shape[-1])
 
     # ------------------------------------------------------------------ prediction
-    def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) float32 → (B, H, W) float32 probabilities, one traced graph."""
         if self._forward is None:
             import tensorflow as tf
@@ -354,7 +354,7 @@ class ModelService:
         def compute() -> np.ndarray:
             padded = pad_to_multiple(arr)
             return np.ascontiguousarray(
-                self._predict_batch(padded[None].astype(np.float32))[0, :h, :w])
+                self.predict_batch(padded[None].astype(np.float32))[0, :h, :w])
 
         if not use_cache:
             return compute()
@@ -446,7 +446,7 @@ class ModelService:
         padded = pad_to_multiple(arr)
         ph, pw = padded.shape[:2]
         if ph <= tile and pw <= tile:
-            prob = self._predict_batch(padded[None].astype(np.float32))[0]
+            prob = self.predict_batch(padded[None].astype(np.float32))[0]
             if progress is not None:
                 progress(1, 1)
             return np.ascontiguousarray(prob[:h, :w])
@@ -463,7 +463,7 @@ class ModelService:
         for start in range(0, total, batch_size):
             chunk = origins[start:start + batch_size]
             batch = np.stack([padded[y:y + th, x:x + tw] for y, x in chunk]).astype(np.float32)
-            probs = self._predict_batch(batch)
+            probs = self.predict_batch(batch)
             for (y, x), p in zip(chunk, probs, strict=True):
                 acc[y:y + th, x:x + tw] += p * weight
                 norm[y:y + th, x:x + tw] += weight
@@ -489,7 +489,7 @@ class ModelService:
         timings["load"] = time.perf_counter() - t0
         for size in sizes:
             t0 = time.perf_counter()
-            self._predict_batch(np.full((1, size, size, 3), 128.0, np.float32))
+            self.predict_batch(np.full((1, size, size, 3), 128.0, np.float32))
             timings[f"predict_{size}"] = time.perf_counter() - t0
         small = min(sizes) if sizes else 256
         t0 = time.perf_counter()

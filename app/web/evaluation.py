@@ -173,7 +173,7 @@ def run_evaluation(
     def flush() -> None:
         if not batch:
             return
-        probs = service._predict_batch(np.stack([img for _, img, _ in batch]).astype(np.float32))
+        probs = service.predict_batch(np.stack([img for _, img, _ in batch]).astype(np.float32))
         for (tid, _, truth), prob in zip(batch, probs, strict=True):
             finish(tid, prob, truth)
         batch.clear()
