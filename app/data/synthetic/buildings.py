@@ -4,6 +4,7 @@ painting roofs and cars for one phase."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -114,6 +115,27 @@ def _make_house(
     return sections, outline, roof, pitch, wall, colour, material, tuple(fixtures)
 
 
+@dataclass
+class _Plot:
+    """One lot on one side of a road, in the road's frame: u along the road, v away from it.
+
+    ``p`` is the lot's point on the road centre line. The house fields are filled in by
+    ``_site_house`` and read by the steps that add a driveway, pool, shed or field behind it."""
+
+    p: np.ndarray
+    theta: float  # direction of u (the road's, turned so that +v leads away from the road)
+    lot_w: float
+    commercial: bool
+    rural: bool
+    edge: float  # distance from the centre line to the road's outer edge (sidewalk or verge)
+    w: float = 0.0  # house width along u and depth along v
+    d: float = 0.0
+    setback: float = 0.0  # road edge to house front
+    c_u: float = 0.0  # house centre
+    c_v: float = 0.0
+    jitter: float = 0.0  # house angle off the road's
+
+
 def _place_along(
     rng: np.random.Generator,
     lay: _Layout,
@@ -122,21 +144,16 @@ def _place_along(
     rural: bool,
     coastal: bool,
 ) -> None:
-    """Walk both sides of a road, dropping lots with a house, driveway, maybe a pool and car."""
-    size, rho = lay.size, lay.rho
+    """Walk both sides of a road, dropping lots with a house, driveway, maybe a pool and car.
+
+    The steps draw from ``rng`` in a fixed order (lot widths, then per lot: house, driveway,
+    pool, shed, field); the scenes depend on that order, so keep it when editing."""
+    size = lay.size
     length = _polyline_length(road.pts)
     edge = road.width / 2 + (7 if road.sidewalk else 2)
     for side in (1, -1):
         # Cut the road side into lots first, then get all lot frames in one vectorised call.
-        lots = []
-        s = rng.uniform(0, 40)
-        while s < length:
-            lot_w = rng.uniform(50, 110) if rural else (66 - 24 * rho) * rng.uniform(0.9, 1.12)
-            commercial = (not rural) and road.main and rng.random() < 0.18
-            if commercial:
-                lot_w = rng.uniform(90, 150)
-            lots.append((s + lot_w / 2, lot_w, commercial))
-            s += lot_w
+        lots = _cut_lots(rng, lay.rho, length, rural, road.main)
         if not lots:
             continue
         ps, ts = _polyline_frames(road.pts, np.array([m for m, _, _ in lots]))
@@ -144,191 +161,249 @@ def _place_along(
             if not (-30 <= p[0] <= size + 30 and -30 <= p[1] <= size + 30):
                 continue
             theta = math.atan2(t[1], t[0]) + (0.0 if side == 1 else math.pi)
-            p_in = p  # point on the road centre line
-            if commercial:
-                w, d = min(80.0, lot_w * rng.uniform(0.6, 0.8)), rng.uniform(48, 80)
-                setback = rng.uniform(34, 60)
-            elif rural:
-                w, d = rng.uniform(28, 54), rng.uniform(24, 40)
-                setback = rng.uniform(16, 70)
-            else:
-                w = min(lot_w - 12, rng.uniform(24, 44))
-                d = rng.uniform(22, 36)
-                setback = rng.uniform(10, 22)
-            fill = 0.8 if rural else 0.55 + 0.4 * rho
-            if not commercial and rng.random() > fill:
-                if not rural and rng.random() < 0.25:
-                    bare = _frame_rect(p_in, theta, 0, edge + 8 + 20, lot_w / 2 - 4, 22)
-                    if occ.free_rect(bare):
-                        lay.paved.append((bare, _BARE))
-                continue
-            jitter = rng.normal(0, 0.14 if rural else 0.03)
-            c_v = edge + setback + d / 2
-            c_u = rng.normal(0, 0.06 * lot_w)
-            c, sn = math.cos(theta), math.sin(theta)
-            hx, hy = p_in[0] + c_u * c - c_v * sn, p_in[1] + c_u * sn + c_v * c
-            if not (0 <= hx < size and 0 <= hy < size):
-                continue
-            if occ.road[int(hy), int(hx)] or occ.build[int(hy), int(hx)]:
-                continue  # cheap early reject before building the footprint
-            kind = "commercial" if commercial else "house"
-            sections, outline, roof, pitch, wall, colour, mat, extras = _make_house(
-                rng, w, d, kind, rho
+            _fill_lot(rng, lay, occ, road, _Plot(p, theta, lot_w, commercial, rural, edge), coastal)
+
+
+def _cut_lots(
+    rng: np.random.Generator, rho: float, length: float, rural: bool, main: bool
+) -> list[tuple[float, float, bool]]:
+    """(centre arc length, width, commercial) of the consecutive lots along one road side."""
+    lots = []
+    s = rng.uniform(0, 40)
+    while s < length:
+        lot_w = rng.uniform(50, 110) if rural else (66 - 24 * rho) * rng.uniform(0.9, 1.12)
+        commercial = (not rural) and main and rng.random() < 0.18
+        if commercial:
+            lot_w = rng.uniform(90, 150)
+        lots.append((s + lot_w / 2, lot_w, commercial))
+        s += lot_w
+    return lots
+
+
+def _fill_lot(
+    rng: np.random.Generator,
+    lay: _Layout,
+    occ: _Occupancy,
+    road: _Road,
+    plot: _Plot,
+    coastal: bool,
+) -> None:
+    """One lot: a house with its driveway or parking, then maybe a pool, a shed and a field."""
+    house = _site_house(rng, lay, occ, plot)
+    if house is None:
+        return
+    spot = occ.free_house(house, 4.0)
+    if spot is None:
+        return
+    # Driveway (or parking lot) from the front of the house to the road centre line.
+    if plot.commercial:
+        drive = _parking_lot(rng, lay, occ, plot)
+    else:
+        drive = _driveway(rng, lay, occ, road, plot)
+    if drive is None:
+        return
+    occ.take(spot)
+    occ.take_rect(drive)
+    lay.houses.append(house)
+    p_in, theta, c_u, edge = plot.p, plot.theta, plot.c_u, plot.edge
+    setback, d = plot.setback, plot.d
+    if not plot.rural and not plot.commercial:
+        lay.lots.append(
+            _frame_rect(
+                p_in,
+                theta,
+                c_u,
+                edge + 1 + (setback + d + 30) / 2,
+                plot.lot_w / 2,
+                (setback + d + 30) / 2,
             )
-            house = _House(
-                hx,
-                hy,
-                theta + jitter,
-                sections,
-                outline,
-                roof,
-                pitch,
-                wall,
-                colour,
-                mat,
-                kind,
-                extras,
+        )
+    back = plot.c_v + d / 2
+    if not plot.commercial and rng.random() < (0.28 if coastal else 0.1) * (0.4 + lay.rho):
+        _add_pool(rng, lay, occ, plot, back)
+    if rng.random() < (0.65 if plot.rural else 0.12):
+        _add_outbuilding(rng, lay, occ, plot, back)
+    if plot.rural and rng.random() < 0.3:
+        lay.fields.append(
+            (
+                _frame_rect(
+                    p_in,
+                    theta,
+                    c_u,
+                    edge + setback + d + 140,
+                    rng.uniform(80, 160),
+                    rng.uniform(60, 110),
+                ),
+                int(rng.integers(4)),
             )
-            spot = occ.free_house(house, 4.0)
-            if spot is None:
-                continue
-            # Driveway (or parking lot) from the front of the house to the road centre line.
-            if commercial:
-                drive = _frame_rect(
-                    p_in, theta, c_u, (edge + setback) / 2 + 1, w / 2 + 6, (edge + setback) / 2 + 1
+        )
+
+
+def _site_house(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, plot: _Plot
+) -> _House | None:
+    """Size and place the lot's house; None when the lot stays empty (maybe a bare patch) or
+    the house's centre is off the scene or already taken."""
+    size, rho, rural, lot_w = lay.size, lay.rho, plot.rural, plot.lot_w
+    p_in, theta, edge = plot.p, plot.theta, plot.edge
+    if plot.commercial:
+        w, d = min(80.0, lot_w * rng.uniform(0.6, 0.8)), rng.uniform(48, 80)
+        setback = rng.uniform(34, 60)
+    elif rural:
+        w, d = rng.uniform(28, 54), rng.uniform(24, 40)
+        setback = rng.uniform(16, 70)
+    else:
+        w = min(lot_w - 12, rng.uniform(24, 44))
+        d = rng.uniform(22, 36)
+        setback = rng.uniform(10, 22)
+    fill = 0.8 if rural else 0.55 + 0.4 * rho
+    if not plot.commercial and rng.random() > fill:
+        if not rural and rng.random() < 0.25:
+            bare = _frame_rect(p_in, theta, 0, edge + 8 + 20, lot_w / 2 - 4, 22)
+            if occ.free_rect(bare):
+                lay.paved.append((bare, _BARE))
+        return None
+    jitter = rng.normal(0, 0.14 if rural else 0.03)
+    c_v = edge + setback + d / 2
+    c_u = rng.normal(0, 0.06 * lot_w)
+    plot.w, plot.d, plot.setback, plot.c_u, plot.c_v, plot.jitter = w, d, setback, c_u, c_v, jitter
+    c, sn = math.cos(theta), math.sin(theta)
+    hx, hy = p_in[0] + c_u * c - c_v * sn, p_in[1] + c_u * sn + c_v * c
+    if not (0 <= hx < size and 0 <= hy < size):
+        return None
+    if occ.road[int(hy), int(hx)] or occ.build[int(hy), int(hx)]:
+        return None  # cheap early reject before building the footprint
+    kind = "commercial" if plot.commercial else "house"
+    sections, outline, roof, pitch, wall, colour, mat, extras = _make_house(rng, w, d, kind, rho)
+    return _House(
+        hx, hy, theta + jitter, sections, outline, roof, pitch, wall, colour, mat, kind, extras
+    )
+
+
+def _parking_lot(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, plot: _Plot
+) -> _Rect | None:
+    """A commercial building's parking lot out to the road: striped bays, some with a car."""
+    p_in, theta, edge, setback, c_u, w = (
+        plot.p,
+        plot.theta,
+        plot.edge,
+        plot.setback,
+        plot.c_u,
+        plot.w,
+    )
+    drive = _frame_rect(
+        p_in, theta, c_u, (edge + setback) / 2 + 1, w / 2 + 6, (edge + setback) / 2 + 1
+    )
+    if not occ.free_rect(drive, road_ok=True):
+        return None
+    lay.paved.append((drive, _ASPHALT0 + int(rng.integers(_N_ASPHALT))))
+    c, sn = math.cos(theta), math.sin(theta)
+    for k in np.arange(-w / 2 + 4, w / 2 - 2, 5.5):
+        a = (
+            p_in[0] + (c_u + k) * c - (edge + 6) * sn,
+            p_in[1] + (c_u + k) * sn + (edge + 6) * c,
+        )
+        b = (a[0] - 10 * sn, a[1] + 10 * c)
+        lay.stripes.append((a, b))
+        if rng.random() < 0.45:
+            lay.cars.append(
+                (
+                    _frame_rect(p_in, theta, c_u + k + 2.75, edge + 11, 2.0, 4.4),
+                    _car_colour(rng),
                 )
-                if not occ.free_rect(drive, road_ok=True):
-                    continue
-                lay.paved.append((drive, _ASPHALT0 + int(rng.integers(_N_ASPHALT))))
-                for k in np.arange(-w / 2 + 4, w / 2 - 2, 5.5):
-                    a = (
-                        p_in[0] + (c_u + k) * c - (edge + 6) * sn,
-                        p_in[1] + (c_u + k) * sn + (edge + 6) * c,
-                    )
-                    b = (a[0] - 10 * sn, a[1] + 10 * c)
-                    lay.stripes.append((a, b))
-                    if rng.random() < 0.45:
-                        lay.cars.append(
-                            (
-                                _frame_rect(p_in, theta, c_u + k + 2.75, edge + 11, 2.0, 4.4),
-                                _car_colour(rng),
-                            )
-                        )
-            else:
-                dw = rng.uniform(4.5, 6.5) if not rural else rng.uniform(3.5, 5)
-                du = c_u + rng.choice([-1, 1]) * (w / 2 - dw - rng.uniform(1, 5))
-                length_d = setback + edge - 1
-                drive = _frame_rect(p_in, theta, du, length_d / 2, dw, length_d / 2 + 1)
-                if not occ.free_rect(drive, road_ok=True):
-                    continue
-                surf = (
-                    _GRAVEL
-                    if (rural and rng.random() < 0.6)
-                    else (
-                        _CONCRETE
-                        if rng.random() < 0.75
-                        else _ASPHALT0 + int(rng.integers(_N_ASPHALT))
-                    )
-                )
-                lay.paved.append((drive, surf))
-                if rng.random() < 0.55:
-                    cv = edge + rng.uniform(4, max(5, setback - 6))
-                    lay.cars.append(
-                        (_frame_rect(p_in, theta + math.pi / 2, du, cv, 4.4, 2.0), _car_colour(rng))
-                    )
-                if (not rural) and rng.random() < 0.08:
-                    lay.cars.append(
-                        (
-                            _frame_rect(p_in, theta, c_u - w / 4, road.width / 2 - 3, 4.4, 2.0),
-                            _car_colour(rng),
-                        )
-                    )
-            occ.take(spot)
-            occ.take_rect(drive)
-            lay.houses.append(house)
-            if not rural and not commercial:
-                lay.lots.append(
-                    _frame_rect(
-                        p_in,
-                        theta,
-                        c_u,
-                        edge + 1 + (setback + d + 30) / 2,
-                        lot_w / 2,
-                        (setback + d + 30) / 2,
-                    )
-                )
-            back = c_v + d / 2
-            # Backyard pool.
-            if not commercial and rng.random() < (0.28 if coastal else 0.1) * (0.4 + rho):
-                pa, pb = rng.uniform(6, 10), rng.uniform(3.5, 6)
-                pool = _frame_rect(
-                    p_in,
-                    theta + jitter,
-                    c_u + rng.uniform(-w / 4, w / 4),
-                    back + pb + rng.uniform(5, 10),
-                    pa,
-                    pb,
-                )
-                deck = _Rect(pool.cx, pool.cy, pool.theta, pa + 3, pb + 3)
-                if occ.free_rect(deck):
-                    occ.take_rect(deck)
-                    lay.pools.append(pool)
-            # Detached garage, shed or barn.
-            if rng.random() < (0.65 if rural else 0.12):
-                ow, od = (
-                    (rng.uniform(20, 56), rng.uniform(16, 34))
-                    if rural
-                    else (rng.uniform(15, 24), rng.uniform(14, 20))
-                )
-                ou = c_u + rng.uniform(-lot_w / 3, lot_w / 3)
-                ov = back + od / 2 + rng.uniform(6, 30 if rural else 12)
-                o = _frame_rect(
-                    p_in,
-                    theta + jitter + (rng.choice([0, math.pi / 2]) if rural else 0),
-                    ou,
-                    ov,
-                    1,
-                    1,
-                )
-                sec, outl, roof, pitch, wall, colour, mat, ex = _make_house(
-                    rng, ow, od, "outbuilding", rho
-                )
-                shed = _House(
-                    o.cx,
-                    o.cy,
-                    o.theta,
-                    sec,
-                    outl,
-                    roof,
-                    pitch,
-                    wall * 0.8,
-                    colour,
-                    mat,
-                    "outbuilding",
-                    ex,
-                )
-                spot = (
-                    occ.free_house(shed, 4.0)
-                    if 0 <= shed.cx < size and 0 <= shed.cy < size
-                    else None
-                )
-                if spot is not None:
-                    occ.take(spot)
-                    lay.houses.append(shed)
-            if rural and rng.random() < 0.3:
-                lay.fields.append(
-                    (
-                        _frame_rect(
-                            p_in,
-                            theta,
-                            c_u,
-                            edge + setback + d + 140,
-                            rng.uniform(80, 160),
-                            rng.uniform(60, 110),
-                        ),
-                        int(rng.integers(4)),
-                    )
-                )
+            )
+    return drive
+
+
+def _driveway(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, road: _Road, plot: _Plot
+) -> _Rect | None:
+    """A house's driveway to the road (gravel, concrete or asphalt), maybe a car on it and
+    one parked at the kerb."""
+    p_in, theta, edge, setback, c_u, w = (
+        plot.p,
+        plot.theta,
+        plot.edge,
+        plot.setback,
+        plot.c_u,
+        plot.w,
+    )
+    rural = plot.rural
+    dw = rng.uniform(4.5, 6.5) if not rural else rng.uniform(3.5, 5)
+    du = c_u + rng.choice([-1, 1]) * (w / 2 - dw - rng.uniform(1, 5))
+    length_d = setback + edge - 1
+    drive = _frame_rect(p_in, theta, du, length_d / 2, dw, length_d / 2 + 1)
+    if not occ.free_rect(drive, road_ok=True):
+        return None
+    surf = (
+        _GRAVEL
+        if (rural and rng.random() < 0.6)
+        else (_CONCRETE if rng.random() < 0.75 else _ASPHALT0 + int(rng.integers(_N_ASPHALT)))
+    )
+    lay.paved.append((drive, surf))
+    if rng.random() < 0.55:
+        cv = edge + rng.uniform(4, max(5, setback - 6))
+        lay.cars.append(
+            (_frame_rect(p_in, theta + math.pi / 2, du, cv, 4.4, 2.0), _car_colour(rng))
+        )
+    if (not rural) and rng.random() < 0.08:
+        lay.cars.append(
+            (
+                _frame_rect(p_in, theta, c_u - w / 4, road.width / 2 - 3, 4.4, 2.0),
+                _car_colour(rng),
+            )
+        )
+    return drive
+
+
+def _add_pool(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, plot: _Plot, back: float
+) -> None:
+    """A backyard pool with its concrete deck, if the deck's area is free."""
+    pa, pb = rng.uniform(6, 10), rng.uniform(3.5, 6)
+    pool = _frame_rect(
+        plot.p,
+        plot.theta + plot.jitter,
+        plot.c_u + rng.uniform(-plot.w / 4, plot.w / 4),
+        back + pb + rng.uniform(5, 10),
+        pa,
+        pb,
+    )
+    deck = _Rect(pool.cx, pool.cy, pool.theta, pa + 3, pb + 3)
+    if occ.free_rect(deck):
+        occ.take_rect(deck)
+        lay.pools.append(pool)
+
+
+def _add_outbuilding(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, plot: _Plot, back: float
+) -> None:
+    """A detached garage, shed or (rural) barn behind the house, if its area is free."""
+    size, rural, lot_w = lay.size, plot.rural, plot.lot_w
+    ow, od = (
+        (rng.uniform(20, 56), rng.uniform(16, 34))
+        if rural
+        else (rng.uniform(15, 24), rng.uniform(14, 20))
+    )
+    ou = plot.c_u + rng.uniform(-lot_w / 3, lot_w / 3)
+    ov = back + od / 2 + rng.uniform(6, 30 if rural else 12)
+    o = _frame_rect(
+        plot.p,
+        plot.theta + plot.jitter + (rng.choice([0, math.pi / 2]) if rural else 0),
+        ou,
+        ov,
+        1,
+        1,
+    )
+    sec, outl, roof, pitch, wall, colour, mat, ex = _make_house(rng, ow, od, "outbuilding", lay.rho)
+    shed = _House(
+        o.cx, o.cy, o.theta, sec, outl, roof, pitch, wall * 0.8, colour, mat, "outbuilding", ex
+    )
+    spot = occ.free_house(shed, 4.0) if 0 <= shed.cx < size and 0 <= shed.cy < size else None
+    if spot is not None:
+        occ.take(spot)
+        lay.houses.append(shed)
 
 
 def _car_colour(rng: np.random.Generator) -> tuple[int, int, int]:
