@@ -10,8 +10,17 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from app.data.base import DAMAGE_CLASSES
-from app.data.synthetic.geometry import _Base, _erode, _House, _Layout, _noise, _Slices
-from app.data.synthetic.palette import _DEBRIS, _F, _RUBBLE, _WATER
+from app.data.synthetic.geometry import (
+    _Base,
+    _blend,
+    _erode,
+    _House,
+    _Layout,
+    _noise,
+    _Slices,
+    _smoothstep,
+)
+from app.data.synthetic.palette import _DEBRIS, _F, _GRASS, _RUBBLE, _WATER
 
 
 def _assign_damage(lay: _Layout, rng: np.random.Generator, flood: np.ndarray | None) -> list[str]:
@@ -203,3 +212,55 @@ def _ground_debris(
         planks = np.asarray(img)
         m = (planks > 0) & (top < 1.0) & (label != _WATER)
         rgb[:, m] = _DEBRIS[planks[m]].T
+
+
+def _storm_ground(
+    rng: np.random.Generator,
+    lay: _Layout,
+    base: _Base,
+    rgb: np.ndarray,
+    label: np.ndarray,
+    top: np.ndarray,
+) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+    """Storm-burnt lawns, sand washed inland, then flood water over low ground (flooding
+    scenes). Each is one blend of the whole image towards a colour, weighted per pixel.
+
+    Returns (flooded pixels, high-water wrack line, flooded fraction); None, None, 0.0 when
+    the scene is not flooded."""
+    brown = (label == _GRASS) * _F(0.12 + 0.18 * lay.severity)
+    _blend(rgb, (142, 132, 96), brown)
+    if lay.shore_d is not None:
+        reach = lay.shore_d - lay.beach + 30 * base.large + 14 * base.med + 2 * base.small
+        over = _smoothstep(-10, 10, 20 + 110 * lay.severity - reach) * (lay.shore_d > 0)
+        over *= _smoothstep(-0.9, 0.6, base.med + 0.6 * base.large + 0.15 * base.small) * _F(0.8)
+        _blend(rgb, (206, 192, 160), over)
+    if lay.disaster_type != "flooding":
+        return None, None, 0.0
+    return _flood(rng, lay, base, rgb, label, top)
+
+
+def _flood(
+    rng: np.random.Generator,
+    lay: _Layout,
+    base: _Base,
+    rgb: np.ndarray,
+    label: np.ndarray,
+    top: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Murky water over the lowest ``lay.flood_target`` of the land; cars go under."""
+    elev = base.large * 0.6 + base.large.T[::-1, :] * 0.5
+    elev += base.med * 0.15
+    if lay.shore_d is not None:
+        elev += np.clip(lay.shore_d, 0, 400) * _F(1 / 250)
+    land = label != _WATER
+    sub = elev[::4, ::4][land[::4, ::4]]
+    thr = float(np.quantile(sub, lay.flood_target)) if sub.size else -9.0
+    depth = _F(thr) - elev
+    flood = (depth > 0) & land
+    murk = np.array(rng.choice([(124, 108, 80), (108, 100, 72), (132, 116, 88), (96, 88, 70)]), _F)
+    sheen = 1 + 0.04 * base.large + 0.03 * base.med
+    alpha = np.clip(0.3 + depth * 2.5, 0, 0.93) * (flood & (top < 4.0))  # cars go under
+    for ch in range(3):
+        rgb[ch] += (murk[ch] * sheen - rgb[ch]) * alpha
+    wrack = (depth < 0) & (depth > -0.04) & land  # debris line at the high-water mark
+    return flood, wrack, float(flood.mean())

@@ -1,12 +1,17 @@
-"""Sunlight: the sun's direction vector and shadows cast from a height map."""
+"""Sunlight and the camera: the sun's direction, shadows cast from a height map, and the
+acquisition (haze, white balance, exposure, sensor noise, optics blur) that makes the image."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from app.data.synthetic.palette import _F
+
+#: Optics: a 3x3 Gaussian (sigma ~0.65 px), much cheaper than ImageFilter.GaussianBlur.
+_BLUR = ImageFilter.Kernel((3, 3), (1, 3, 1, 3, 9, 3, 1, 3, 1), 25)
 
 
 def _sun_vector(az: float, el: float) -> np.ndarray:
@@ -45,3 +50,29 @@ def _cast_shadow(height: np.ndarray, az: float, el: float) -> np.ndarray:
         _shift_max(occl, occl.copy(), ox, oy, span * drop)
         span *= 2
     return occl > height + 0.8
+
+
+def _acquire(
+    rng: np.random.Generator,
+    rgb: np.ndarray,
+    top: np.ndarray,
+    grain: np.ndarray,
+    az: float,
+    el: float,
+) -> np.ndarray:
+    """The (H, W, 3) uint8 image of a painted scene: shadows from everything standing,
+    softened into a penumbra and tinted by blue skylight; then acquisition: haze, white
+    balance, exposure, sensor noise (``grain``), optics blur. Folded into as few whole-image
+    operations as possible (they dominate the cost). ``rgb`` is modified in place."""
+    shadow = Image.fromarray(_cast_shadow(top, az, el).astype(np.uint8) * 255)
+    shadow = np.asarray(shadow.filter(ImageFilter.BoxBlur(1)), dtype=_F) * _F(1 / 255)
+    amb = np.array([0.40, 0.44, 0.54], _F)
+    haze = _F(rng.uniform(0.02, 0.09))
+    gain = (rng.normal(1.0, 0.02, 3) * rng.uniform(0.93, 1.06)).astype(_F) * (1 - haze)
+    for ch in range(3):
+        rgb[ch] *= shadow * _F(-(1 - amb[ch]) * gain[ch]) + gain[ch]
+    for ch, sky in enumerate((175, 185, 200)):
+        rgb[ch] += grain + _F(sky * haze)
+    np.clip(rgb, 0, 255, out=rgb)
+    planes = [Image.fromarray(rgb[ch].astype(np.uint8)) for ch in range(3)]
+    return np.asarray(Image.merge("RGB", planes).filter(_BLUR))

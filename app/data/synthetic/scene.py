@@ -32,16 +32,15 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageFilter
 
 from app.data.base import Building, Scene
 from app.data.synthetic.buildings import _paint_car, _paint_roof, _place_along
-from app.data.synthetic.damage import _assign_damage, _ground_debris
-from app.data.synthetic.geometry import _Base, _blend, _Layout, _noise, _smoothstep
-from app.data.synthetic.light import _cast_shadow, _sun_vector
+from app.data.synthetic.damage import _assign_damage, _ground_debris, _storm_ground
+from app.data.synthetic.geometry import _Base, _Layout
+from app.data.synthetic.light import _acquire, _sun_vector
 from app.data.synthetic.palette import _F, _GRASS, _ROAD, _SAND, _SOIL, _WATER
 from app.data.synthetic.roads import _Occupancy, _rural_roads, _suburban_roads
-from app.data.synthetic.terrain import _base
+from app.data.synthetic.terrain import _base, _shore_line
 from app.data.synthetic.vegetation import _paint_tree, _place_trees
 
 GSD_M: float = 0.5
@@ -49,9 +48,6 @@ PHASES: tuple[str, ...] = ("pre", "post")
 SOURCE = "synthetic"
 DISASTER = "synthetic-hurricane"
 MIN_SIZE = 64
-
-#: Optics: a 3x3 Gaussian (sigma ~0.65 px), much cheaper than ImageFilter.GaussianBlur.
-_BLUR = ImageFilter.Kernel((3, 3), (1, 3, 1, 3, 9, 3, 1, 3, 1), 25)
 
 
 def _layout(seed: int, index: int, size: int) -> _Layout:
@@ -77,14 +73,7 @@ def _layout(seed: int, index: int, size: int) -> _Layout:
     shore_d = None
     beach = float(rng.uniform(18, 55))
     if shoreline:
-        ang = rng.uniform(0, 2 * math.pi)
-        nx, ny = math.cos(ang), math.sin(ang)  # points inland
-        coords = np.arange(size, dtype=_F) - _F(size / 2)
-        # Put the water line so that 8..35 % of the scene is sea.
-        proj = coords[None, :] * _F(nx) + coords[:, None] * _F(ny)
-        level = float(np.quantile(proj[::8, ::8], rng.uniform(0.08, 0.35)))
-        wobble = _noise(rng, size, 160) * _F(rng.uniform(10, 40)) + _noise(rng, size, 40) * _F(4)
-        shore_d = (proj - _F(level) + wobble).astype(_F)
+        shore_d, ang = _shore_line(rng, size)
         if rng.random() < 0.7:
             phi = ang + math.pi / 2  # streets parallel to the coast
     lay = _Layout(
@@ -119,7 +108,10 @@ def _layout(seed: int, index: int, size: int) -> _Layout:
 
 
 def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str | None], dict]:
-    """Paint one phase onto the shared ground and return (image, damage per building, meta)."""
+    """Paint one phase onto the shared ground and return (image, damage per building, meta).
+
+    The phase's generator is drawn from in a fixed order (post: flood colour, damage classes,
+    roof damage, debris; both: haze and gain); keep it when editing."""
     size = lay.size
     post = phase == "post"
     rng = np.random.default_rng(lay.post_seed if post else lay.pre_seed)
@@ -137,36 +129,7 @@ def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str
     wrack = None
     flooded_fraction = 0.0
     if post:
-        # Storm-burnt lawns, sand washed inland, then flood water over low ground. Each is one
-        # blend of the whole image towards a colour, weighted per pixel.
-        brown = (label == _GRASS) * _F(0.12 + 0.18 * lay.severity)
-        _blend(rgb, (142, 132, 96), brown)
-        if lay.shore_d is not None:
-            reach = lay.shore_d - lay.beach + 30 * base.large + 14 * base.med + 2 * base.small
-            over = _smoothstep(-10, 10, 20 + 110 * lay.severity - reach) * (lay.shore_d > 0)
-            over *= _smoothstep(-0.9, 0.6, base.med + 0.6 * base.large + 0.15 * base.small) * _F(
-                0.8
-            )
-            _blend(rgb, (206, 192, 160), over)
-        if lay.disaster_type == "flooding":
-            elev = base.large * 0.6 + base.large.T[::-1, :] * 0.5
-            elev += base.med * 0.15
-            if lay.shore_d is not None:
-                elev += np.clip(lay.shore_d, 0, 400) * _F(1 / 250)
-            land = label != _WATER
-            sub = elev[::4, ::4][land[::4, ::4]]
-            thr = float(np.quantile(sub, lay.flood_target)) if sub.size else -9.0
-            depth = _F(thr) - elev
-            flood = (depth > 0) & land
-            murk = np.array(
-                rng.choice([(124, 108, 80), (108, 100, 72), (132, 116, 88), (96, 88, 70)]), _F
-            )
-            sheen = 1 + 0.04 * base.large + 0.03 * base.med
-            alpha = np.clip(0.3 + depth * 2.5, 0, 0.93) * (flood & (top < 4.0))  # cars go under
-            for ch in range(3):
-                rgb[ch] += (murk[ch] * sheen - rgb[ch]) * alpha
-            flooded_fraction = float(flood.mean())
-            wrack = (depth < 0) & (depth > -0.04) & land  # debris line at the high-water mark
+        flood, wrack, flooded_fraction = _storm_ground(rng, lay, base, rgb, label, top)
     classes: list[str | None] = [None] * len(lay.houses)
     if post:
         classes = _assign_damage(lay, rng, flood)
@@ -182,27 +145,22 @@ def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str
     for t in lay.trees:
         _paint_tree(rgb, top, kind, base, t, sun, size, strip, sprites)
 
-    # Shadows from everything standing, softened into a penumbra, tinted by blue skylight;
-    # then acquisition: haze, white balance, exposure, sensor noise, optics blur. Folded into
-    # as few whole-image operations as possible (they dominate the cost).
-    shadow = Image.fromarray(_cast_shadow(top, az, el).astype(np.uint8) * 255)
-    shadow = np.asarray(shadow.filter(ImageFilter.BoxBlur(1)), dtype=_F) * _F(1 / 255)
-    amb = np.array([0.40, 0.44, 0.54], _F)
-    haze = _F(rng.uniform(0.02, 0.09))
-    gain = (rng.normal(1.0, 0.02, 3) * rng.uniform(0.93, 1.06)).astype(_F) * (1 - haze)
-    for ch in range(3):
-        rgb[ch] *= shadow * _F(-(1 - amb[ch]) * gain[ch]) + gain[ch]
-    grain = base.grain[::-1] if post else base.grain  # a different noise frame per phase
-    for ch, sky in enumerate((175, 185, 200)):
-        rgb[ch] += grain + _F(sky * haze)
-    np.clip(rgb, 0, 255, out=rgb)
-    planes = [Image.fromarray(rgb[ch].astype(np.uint8)) for ch in range(3)]
-    image = np.asarray(Image.merge("RGB", planes).filter(_BLUR))
-
-    # Land cover as seen from above (buildings by footprint, then canopy, then ground).
-    code = np.where(base.mask > 0, 6, np.where(kind == 2, 5, label))
-    frac = np.bincount(code.ravel(), minlength=7) / float(size * size)
+    image = _acquire(rng, rgb, top, base.grain[::-1] if post else base.grain, az, el)
     meta = {
+        **_land_cover(base.mask, kind, label),
+        "flooded_fraction": round(flooded_fraction, 4),
+        "sun_azimuth": round(az, 2),
+        "sun_elevation": round(el, 2),
+    }
+    return image, classes, meta
+
+
+def _land_cover(mask: np.ndarray, kind: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Land cover fractions as seen from above (buildings by footprint, then canopy, then
+    ground)."""
+    code = np.where(mask > 0, 6, np.where(kind == 2, 5, label))
+    frac = np.bincount(code.ravel(), minlength=7) / float(code.size)
+    return {
         "land_grass": float(frac[_GRASS]),
         "land_soil": float(frac[_SOIL]),
         "land_sand": float(frac[_SAND]),
@@ -210,11 +168,7 @@ def _render(lay: _Layout, base: _Base, phase: str) -> tuple[np.ndarray, list[str
         "land_road": float(frac[_ROAD]),
         "land_tree": float(frac[5]),
         "land_building": float(frac[6]),
-        "flooded_fraction": round(flooded_fraction, 4),
-        "sun_azimuth": round(az, 2),
-        "sun_elevation": round(el, 2),
     }
-    return image, classes, meta
 
 
 def _check(seed: int, index: int, size: int) -> None:

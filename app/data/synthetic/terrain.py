@@ -96,6 +96,18 @@ def _base(lay: _Layout) -> _Base:
     )
 
 
+def _shore_line(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    """Signed distance to a wobbly water line (px, water < 0) and the inland direction
+    (radians). The line is put so that 8..35 % of the scene is sea."""
+    ang = rng.uniform(0, 2 * math.pi)
+    nx, ny = math.cos(ang), math.sin(ang)  # points inland
+    coords = np.arange(size, dtype=_F) - _F(size / 2)
+    proj = coords[None, :] * _F(nx) + coords[:, None] * _F(ny)
+    level = float(np.quantile(proj[::8, ::8], rng.uniform(0.08, 0.35)))
+    wobble = _noise(rng, size, 160) * _F(rng.uniform(10, 40)) + _noise(rng, size, 40) * _F(4)
+    return (proj - _F(level) + wobble).astype(_F), ang
+
+
 def _noise_fields(rng: np.random.Generator, size: int) -> _Fields:
     fine = _noise(rng, size, 1.3)
     small = _noise(rng, size, 5)
