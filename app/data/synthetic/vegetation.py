@@ -22,9 +22,23 @@ from app.data.synthetic.roads import _Occupancy
 def _place_trees(
     rng: np.random.Generator, lay: _Layout, occ: _Occupancy, density: float, coastal: bool
 ) -> None:
-    """Clustered canopies: backyards, random groves, street rows and (rural) woodland."""
-    size = lay.size
+    """Clustered canopies: backyards, random groves, street rows and (rural) woodland, then
+    shrubs along the house walls. The steps draw from ``rng`` in this order; keep it."""
     cands: list[tuple[float, float, bool]] = []  # x, y, may overhang road
+    _backyard_trees(rng, lay, density, cands)
+    _groves(rng, lay.size, density, cands)
+    if rng.random() < 0.35:
+        _street_trees(rng, lay, cands)
+    if lay.settlement == "rural" or density > 0.7:
+        _woodland(rng, lay.size, density, cands)
+    if not cands:
+        return
+    _plant_trees(rng, lay, occ, cands, coastal)
+    _foundation_shrubs(rng, lay, occ, density)
+
+
+def _backyard_trees(rng: np.random.Generator, lay: _Layout, density: float, cands: list) -> None:
+    """A small cluster behind some houses."""
     for h in lay.houses:
         if h.kind == "house" and rng.random() < 0.35 + 0.5 * density:
             c, s = math.cos(h.theta), math.sin(h.theta)
@@ -33,37 +47,53 @@ def _place_trees(
             cx, cy = h.cx + u * c - back * s, h.cy + u * s + back * c
             for _ in range(int(rng.integers(1, 6))):
                 cands.append((cx + rng.normal(0, 12), cy + rng.normal(0, 12), False))
+
+
+def _groves(rng: np.random.Generator, size: int, density: float, cands: list) -> None:
+    """Random groves of 3 to 13 trees anywhere."""
     n_groves = int(density * (size / 200) ** 2 * rng.uniform(2, 5))
     for _ in range(n_groves):
         gx, gy = rng.uniform(0, size, 2)
         spread = rng.uniform(10, 35)
         for _ in range(int(rng.integers(3, 14))):
             cands.append((gx + rng.normal(0, spread), gy + rng.normal(0, spread), False))
-    if rng.random() < 0.35:
-        for road in lay.roads:
-            if not road.sidewalk:
-                continue
-            length = _polyline_length(road.pts)
-            s = np.arange(rng.uniform(0, 30), length, rng.uniform(28, 50))
-            p, t = _polyline_frames(road.pts, s)
-            n = np.stack([-t[:, 1], t[:, 0]], axis=1)
-            for side in (1, -1):
-                q = p + n * side * (road.width / 2 + 2.5)
-                for x, y in q:
-                    if 0 <= x < size and 0 <= y < size and rng.random() < 0.7:
-                        cands.append((x, y, True))
-    if lay.settlement == "rural" or density > 0.7:
-        # Woodland: a jittered grid of trees where low-frequency noise is high.
-        spacing = 15.0
-        n = int(math.ceil(size / spacing))
-        wood = _noise(rng, n, 90 / spacing)
-        gy, gx = np.mgrid[0:n, 0:n].astype(float) * spacing
-        gx += rng.uniform(-5, 5, gx.shape)
-        gy += rng.uniform(-5, 5, gy.shape)
-        keep = wood > 1.3 - 0.9 * density
-        cands.extend((float(x), float(y), False) for x, y in zip(gx[keep], gy[keep], strict=True))
-    if not cands:
-        return
+
+
+def _street_trees(rng: np.random.Generator, lay: _Layout, cands: list) -> None:
+    """Rows of trees along the kerbs of streets with sidewalks (they may overhang the road)."""
+    size = lay.size
+    for road in lay.roads:
+        if not road.sidewalk:
+            continue
+        length = _polyline_length(road.pts)
+        s = np.arange(rng.uniform(0, 30), length, rng.uniform(28, 50))
+        p, t = _polyline_frames(road.pts, s)
+        n = np.stack([-t[:, 1], t[:, 0]], axis=1)
+        for side in (1, -1):
+            q = p + n * side * (road.width / 2 + 2.5)
+            for x, y in q:
+                if 0 <= x < size and 0 <= y < size and rng.random() < 0.7:
+                    cands.append((x, y, True))
+
+
+def _woodland(rng: np.random.Generator, size: int, density: float, cands: list) -> None:
+    """Woodland: a jittered grid of trees where low-frequency noise is high."""
+    spacing = 15.0
+    n = int(math.ceil(size / spacing))
+    wood = _noise(rng, n, 90 / spacing)
+    gy, gx = np.mgrid[0:n, 0:n].astype(float) * spacing
+    gx += rng.uniform(-5, 5, gx.shape)
+    gy += rng.uniform(-5, 5, gy.shape)
+    keep = wood > 1.3 - 0.9 * density
+    cands.extend((float(x), float(y), False) for x, y in zip(gx[keep], gy[keep], strict=True))
+
+
+def _plant_trees(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, cands: list, coastal: bool
+) -> None:
+    """Keep the candidates on free ground (off roofs, roads unless allowed, the beach and the
+    sea), then give each a species, size, height and tone."""
+    size = lay.size
     arr = np.array(cands, dtype=float)
     x, y, road_ok = arr[:, 0], arr[:, 1], arr[:, 2] > 0
     keep = (x >= 0) & (x < size) & (y >= 0) & (y < size)
@@ -99,7 +129,13 @@ def _place_trees(
         lay.trees.append(
             _Tree(float(x[i]), float(y[i]), float(r[i]), float(h[i]), str(kinds[i]), tuple(tone[i]))
         )
-    # Foundation shrubs hugging the walls: lower than any eave, so they never cover a roof.
+
+
+def _foundation_shrubs(
+    rng: np.random.Generator, lay: _Layout, occ: _Occupancy, density: float
+) -> None:
+    """Foundation shrubs hugging the walls: lower than any eave, so they never cover a roof."""
+    size = lay.size
     for h in lay.houses:
         if h.kind != "house":
             continue
