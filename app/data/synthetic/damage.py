@@ -4,6 +4,7 @@ and debris on the ground."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -59,6 +60,26 @@ def _assign_damage(lay: _Layout, rng: np.random.Generator, flood: np.ndarray | N
     return classes
 
 
+@dataclass
+class _Roof:
+    """One building's pixels while its roof is damaged: box-local coordinates (u, v, along),
+    the colour and height being painted, the storm's noise and the tarp colour."""
+
+    col: np.ndarray
+    height: np.ndarray
+    inside: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    along: np.ndarray
+    shade: np.ndarray
+    h: _House
+    fine: np.ndarray
+    small: np.ndarray
+    med: np.ndarray
+    bounds: tuple[float, float, float, float]  # umin, vmin, umax, vmax of the outline
+    tarp_c: np.ndarray
+
+
 def _damage_roof(
     col: np.ndarray,
     height: np.ndarray,
@@ -74,92 +95,132 @@ def _damage_roof(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Post-storm roof: missing shingles, blue tarps, open rafters, or a rubble pile."""
-    fine, small, med = base.fine[sl], base.small[sl], base.med[sl]
     umin, vmin = min(p[0] for p in h.outline), min(p[1] for p in h.outline)
     umax, vmax = max(p[0] for p in h.outline), max(p[1] for p in h.outline)
     tarp_c = np.array(
         rng.choice([(40, 96, 182), (52, 112, 190), (30, 80, 160), (70, 120, 170)]), _F
     )
-
-    def patches(k: int, lo: float, hi: float) -> np.ndarray:
-        m = np.zeros(u.shape, bool)
-        for _ in range(k):
-            pu, pv = rng.uniform(umin, umax), rng.uniform(vmin, vmax)
-            m |= (np.abs(u - pu) <= rng.uniform(lo, hi)) & (np.abs(v - pv) <= rng.uniform(lo, hi))
-        return m & inside
-
-    def tarp(frac: float) -> np.ndarray:
-        cu, cv, a, b = h.sections[int(rng.integers(len(h.sections)))]
-        side = rng.choice([-1, 1])
-        lo = rng.uniform(-a, a * (1 - 2 * frac))
-        if a >= b:
-            m = (
-                (u - cu >= lo)
-                & (u - cu <= lo + 2 * a * frac)
-                & ((v - cv) * side >= 0)
-                & ((v - cv) * side <= b * 0.92)
-            )
-        else:
-            m = (
-                (v - cv >= lo * b / a)
-                & (v - cv <= (lo + 2 * a * frac) * b / a)
-                & ((u - cu) * side >= 0)
-                & ((u - cu) * side <= a * 0.92)
-            )
-        return m & inside
-
+    roof = _Roof(
+        col,
+        height,
+        inside,
+        u,
+        v,
+        along,
+        shade,
+        h,
+        base.fine[sl],
+        base.small[sl],
+        base.med[sl],
+        (umin, vmin, umax, vmax),
+        tarp_c,
+    )
     if damage == "minor-damage":
-        miss = patches(int(rng.integers(2, 7)), 1.0, 3.0)
-        under = np.array(rng.choice([(60, 54, 48), (188, 162, 122)]), _F)
-        col[miss] = under * shade[miss][:, None]
-        if rng.random() < 0.5:
-            t = tarp(rng.uniform(0.25, 0.6))
-            col[t] = tarp_c * shade[t][:, None] * (1 + 0.05 * fine[t])[:, None]
-            rim = t & ~_erode(t, 1)
-            col[rim] *= 0.7
+        _minor_damage(rng, roof)
     elif damage == "major-damage":
-        blob = (0.6 * med + 0.4 * small + rng.normal(0, 0.3)) > rng.uniform(-0.6, 0.3)
-        box = patches(int(rng.integers(1, 3)), 5.0, 12.0)
-        miss = inside & blob & box | patches(int(rng.integers(3, 8)), 1.0, 3.5)
-        rafters = np.abs(((along / 3.0) % 1.0) - 0.5) < 0.17
-        dark = np.array([52, 46, 40], _F) * (1 + 0.2 * small[miss])[:, None]
-        wood = np.array([172, 142, 104], _F) * shade[miss][:, None]
-        col[miss] = np.where(rafters[miss][:, None], wood, dark)
-        height = np.where(miss, height - 2.0, height)
-        if rng.random() < 0.45:
-            t = tarp(rng.uniform(0.3, 0.8)) & ~miss
-            col[t] = tarp_c * shade[t][:, None] * (1 + 0.05 * fine[t])[:, None]
+        _major_damage(rng, roof)
     elif damage == "destroyed":
-        if rng.random() < 0.7:
-            # Rubble pile: a jumble of timber, roofing and drywall with no roof faces left.
-            mix = 0.9 * small + 0.5 * med + 0.45 * fine + rng.normal(0, 0.3)
-            pick = np.clip(((mix + 2.2) * 2.0).astype(int), 0, len(_RUBBLE) - 1)
-            rub = _RUBBLE[pick] * (0.9 + 0.08 * fine)[..., None]
-            rub[fine < -1.5] *= 0.5  # voids between pieces
-            pile = 2.0 + 1.5 * np.clip(med + 0.5 * small, -1, 2)
-            roof_c = np.array(h.colour, _F)
-            for _ in range(int(rng.integers(1, 5))):
-                # Collapsed roof panels: large tilted slabs of the old roof on the pile.
-                fu, fv = rng.uniform(umin, umax) * 0.6, rng.uniform(vmin, vmax) * 0.6
-                fa = rng.uniform(0.15, 0.4) * (umax - umin)
-                fb = rng.uniform(0.15, 0.4) * (vmax - vmin)
-                ang = rng.uniform(-0.7, 0.7)
-                ca, sa = math.cos(ang), math.sin(ang)
-                pu, pv = (u - fu) * ca + (v - fv) * sa, (v - fv) * ca - (u - fu) * sa
-                frag = (np.abs(pu) <= fa) & (np.abs(pv) <= fb) & (small > -1.2)
-                tilt = rng.uniform(0.6, 1.2)
-                rub[frag] = roof_c * tilt * (1 + 0.05 * fine[frag] + 0.03 * small[frag])[:, None]
-                pile = np.where(frag, pile + 1.0, pile)
-            col[inside] = rub[inside]
-            height = np.where(inside, pile, height)
-        else:
-            # Wiped to the slab: a concrete foundation with a little debris.
-            slab = np.array([182, 178, 168], _F) * (1 + 0.04 * fine + 0.05 * small)[..., None]
-            bits = (fine > 1.3) & inside
-            slab[bits] = _DEBRIS[(np.abs(small[bits]) * 5).astype(int) % len(_DEBRIS)]
-            col[inside] = slab[inside]
-            height = np.where(inside, 0.6, height)
-    return col, height
+        _destroyed(rng, roof)
+    return roof.col, roof.height
+
+
+def _patches(rng: np.random.Generator, roof: _Roof, k: int, lo: float, hi: float) -> np.ndarray:
+    """``k`` random boxes (half-sides ``lo``..``hi``) on the roof."""
+    u, v = roof.u, roof.v
+    umin, vmin, umax, vmax = roof.bounds
+    m = np.zeros(u.shape, bool)
+    for _ in range(k):
+        pu, pv = rng.uniform(umin, umax), rng.uniform(vmin, vmax)
+        m |= (np.abs(u - pu) <= rng.uniform(lo, hi)) & (np.abs(v - pv) <= rng.uniform(lo, hi))
+    return m & roof.inside
+
+
+def _tarp(rng: np.random.Generator, roof: _Roof, frac: float) -> np.ndarray:
+    """A blue tarp over ``frac`` of one roof face of a random wing."""
+    u, v, h = roof.u, roof.v, roof.h
+    cu, cv, a, b = h.sections[int(rng.integers(len(h.sections)))]
+    side = rng.choice([-1, 1])
+    lo = rng.uniform(-a, a * (1 - 2 * frac))
+    if a >= b:
+        m = (
+            (u - cu >= lo)
+            & (u - cu <= lo + 2 * a * frac)
+            & ((v - cv) * side >= 0)
+            & ((v - cv) * side <= b * 0.92)
+        )
+    else:
+        m = (
+            (v - cv >= lo * b / a)
+            & (v - cv <= (lo + 2 * a * frac) * b / a)
+            & ((u - cu) * side >= 0)
+            & ((u - cu) * side <= a * 0.92)
+        )
+    return m & roof.inside
+
+
+def _minor_damage(rng: np.random.Generator, roof: _Roof) -> None:
+    """Missing shingles showing the underlay, and half the time a tarp."""
+    col, shade, fine = roof.col, roof.shade, roof.fine
+    miss = _patches(rng, roof, int(rng.integers(2, 7)), 1.0, 3.0)
+    under = np.array(rng.choice([(60, 54, 48), (188, 162, 122)]), _F)
+    col[miss] = under * shade[miss][:, None]
+    if rng.random() < 0.5:
+        t = _tarp(rng, roof, rng.uniform(0.25, 0.6))
+        col[t] = roof.tarp_c * shade[t][:, None] * (1 + 0.05 * fine[t])[:, None]
+        rim = t & ~_erode(t, 1)
+        col[rim] *= 0.7
+
+
+def _major_damage(rng: np.random.Generator, roof: _Roof) -> None:
+    """Holes open to the rafters (and lower), maybe a tarp over part of the rest."""
+    col, shade, fine, small, med = roof.col, roof.shade, roof.fine, roof.small, roof.med
+    blob = (0.6 * med + 0.4 * small + rng.normal(0, 0.3)) > rng.uniform(-0.6, 0.3)
+    box = _patches(rng, roof, int(rng.integers(1, 3)), 5.0, 12.0)
+    miss = roof.inside & blob & box | _patches(rng, roof, int(rng.integers(3, 8)), 1.0, 3.5)
+    rafters = np.abs(((roof.along / 3.0) % 1.0) - 0.5) < 0.17
+    dark = np.array([52, 46, 40], _F) * (1 + 0.2 * small[miss])[:, None]
+    wood = np.array([172, 142, 104], _F) * shade[miss][:, None]
+    col[miss] = np.where(rafters[miss][:, None], wood, dark)
+    roof.height = np.where(miss, roof.height - 2.0, roof.height)
+    if rng.random() < 0.45:
+        t = _tarp(rng, roof, rng.uniform(0.3, 0.8)) & ~miss
+        col[t] = roof.tarp_c * shade[t][:, None] * (1 + 0.05 * fine[t])[:, None]
+
+
+def _destroyed(rng: np.random.Generator, roof: _Roof) -> None:
+    """A rubble pile with slabs of the old roof (70 %), or a bare slab with a little debris."""
+    col, inside, u, v = roof.col, roof.inside, roof.u, roof.v
+    fine, small, med = roof.fine, roof.small, roof.med
+    umin, vmin, umax, vmax = roof.bounds
+    if rng.random() < 0.7:
+        # Rubble pile: a jumble of timber, roofing and drywall with no roof faces left.
+        mix = 0.9 * small + 0.5 * med + 0.45 * fine + rng.normal(0, 0.3)
+        pick = np.clip(((mix + 2.2) * 2.0).astype(int), 0, len(_RUBBLE) - 1)
+        rub = _RUBBLE[pick] * (0.9 + 0.08 * fine)[..., None]
+        rub[fine < -1.5] *= 0.5  # voids between pieces
+        pile = 2.0 + 1.5 * np.clip(med + 0.5 * small, -1, 2)
+        roof_c = np.array(roof.h.colour, _F)
+        for _ in range(int(rng.integers(1, 5))):
+            # Collapsed roof panels: large tilted slabs of the old roof on the pile.
+            fu, fv = rng.uniform(umin, umax) * 0.6, rng.uniform(vmin, vmax) * 0.6
+            fa = rng.uniform(0.15, 0.4) * (umax - umin)
+            fb = rng.uniform(0.15, 0.4) * (vmax - vmin)
+            ang = rng.uniform(-0.7, 0.7)
+            ca, sa = math.cos(ang), math.sin(ang)
+            pu, pv = (u - fu) * ca + (v - fv) * sa, (v - fv) * ca - (u - fu) * sa
+            frag = (np.abs(pu) <= fa) & (np.abs(pv) <= fb) & (small > -1.2)
+            tilt = rng.uniform(0.6, 1.2)
+            rub[frag] = roof_c * tilt * (1 + 0.05 * fine[frag] + 0.03 * small[frag])[:, None]
+            pile = np.where(frag, pile + 1.0, pile)
+        col[inside] = rub[inside]
+        roof.height = np.where(inside, pile, roof.height)
+    else:
+        # Wiped to the slab: a concrete foundation with a little debris.
+        slab = np.array([182, 178, 168], _F) * (1 + 0.04 * fine + 0.05 * small)[..., None]
+        bits = (fine > 1.3) & inside
+        slab[bits] = _DEBRIS[(np.abs(small[bits]) * 5).astype(int) % len(_DEBRIS)]
+        col[inside] = slab[inside]
+        roof.height = np.where(inside, 0.6, roof.height)
 
 
 def _ground_debris(
