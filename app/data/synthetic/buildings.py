@@ -284,14 +284,8 @@ def _parking_lot(
     rng: np.random.Generator, lay: _Layout, occ: _Occupancy, plot: _Plot
 ) -> _Rect | None:
     """A commercial building's parking lot out to the road: striped bays, some with a car."""
-    p_in, theta, edge, setback, c_u, w = (
-        plot.p,
-        plot.theta,
-        plot.edge,
-        plot.setback,
-        plot.c_u,
-        plot.w,
-    )
+    p_in, theta, edge, setback = plot.p, plot.theta, plot.edge, plot.setback
+    c_u, w = plot.c_u, plot.w
     drive = _frame_rect(
         p_in, theta, c_u, (edge + setback) / 2 + 1, w / 2 + 6, (edge + setback) / 2 + 1
     )
@@ -321,15 +315,8 @@ def _driveway(
 ) -> _Rect | None:
     """A house's driveway to the road (gravel, concrete or asphalt), maybe a car on it and
     one parked at the kerb."""
-    p_in, theta, edge, setback, c_u, w = (
-        plot.p,
-        plot.theta,
-        plot.edge,
-        plot.setback,
-        plot.c_u,
-        plot.w,
-    )
-    rural = plot.rural
+    p_in, theta, rural = plot.p, plot.theta, plot.rural
+    edge, setback, c_u, w = plot.edge, plot.setback, plot.c_u, plot.w
     dw = rng.uniform(4.5, 6.5) if not rural else rng.uniform(3.5, 5)
     du = c_u + rng.choice([-1, 1]) * (w / 2 - dw - rng.uniform(1, 5))
     length_d = setback + edge - 1

@@ -297,18 +297,7 @@ def _storm_ground(
         _blend(rgb, (206, 192, 160), over)
     if lay.disaster_type != "flooding":
         return None, None, 0.0
-    return _flood(rng, lay, base, rgb, label, top)
-
-
-def _flood(
-    rng: np.random.Generator,
-    lay: _Layout,
-    base: _Base,
-    rgb: np.ndarray,
-    label: np.ndarray,
-    top: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Murky water over the lowest ``lay.flood_target`` of the land; cars go under."""
+    # Murky water over the lowest ``lay.flood_target`` of the land; cars go under.
     elev = base.large * 0.6 + base.large.T[::-1, :] * 0.5
     elev += base.med * 0.15
     if lay.shore_d is not None:
