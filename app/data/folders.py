@@ -23,12 +23,19 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import approximate_polygon, find_contours
 
-from app.data.base import Building, DatasetError, LoadReport, Scene
+from app.data.base import Building, LoadReport, Scene
 from app.data.imageio import decode_image, decode_mask
+from app.data.pairs import Orphans, Pairs, files_by_stem, iter_pairs, source_folders
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+#: Words of the error when no pair is found: what, what was expected, what orphans are.
+_NONE_FOUND = (
+    "no image/mask pairs found",
+    "images/<stem>.<ext> with masks/<stem>.<ext>",
+    "unpaired",
+)
 
 
 def list_folder(root: Path) -> list[str]:
@@ -44,18 +51,7 @@ def iter_folder(root: Path, report: LoadReport | None = None) -> Iterator[Scene]
     :class:`DatasetError` immediately; a bad pair is recorded in ``report`` and skipped.
     """
     root = Path(root)
-    pairs, orphans = _scan(root)
-    if not pairs:
-        detail = (
-            f" ({len(orphans)} unpaired, e.g. {orphans[0][0]}: {orphans[0][1]})"
-            if orphans
-            else " (both folders are empty)."
-        )
-        raise DatasetError(
-            f"{root}: no image/mask pairs found; expected images/<stem>.<ext> with "
-            f"masks/<stem>.<ext>" + detail
-        )
-    return _iter_pairs(pairs, orphans, report)
+    return iter_pairs(root, _scan(root), read_folder_scene, report, log, "image", _NONE_FOUND)
 
 
 def read_folder_scene(image_path: Path, mask_path: Path) -> Scene:
@@ -106,52 +102,15 @@ def buildings_from_mask(mask: np.ndarray, scene_id: str) -> list[Building]:
     return buildings
 
 
-def _iter_pairs(
-    pairs: list[tuple[str, Path, Path]],
-    orphans: list[tuple[str, str]],
-    report: LoadReport | None,
-) -> Iterator[Scene]:
-    for file, reason in orphans:
-        _skip(report, file, reason)
-    for _stem, image_path, mask_path in pairs:
-        try:
-            scene = read_folder_scene(image_path, mask_path)
-        except DatasetError as exc:
-            _skip(report, str(image_path), str(exc))
-            continue
-        if report is not None:
-            report.loaded += 1
-        yield scene
-
-
-def _skip(report: LoadReport | None, file: str, reason: str) -> None:
-    if report is None:
-        log.warning("skipped %s: %s", file, reason)
-    else:
-        report.skip(file, reason)
-
-
-def _files(folder: Path) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
-    for path in folder.iterdir():
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in EXTENSIONS:
-            found.setdefault(path.stem, []).append(path)
-    return found
-
-
-def _scan(root: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[str, str]]]:
+def _scan(root: Path) -> tuple[Pairs, Orphans]:
     """Pair images and masks by stem; return the pairs and the (file, reason) orphans."""
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder; expected a root with images/ and masks/.")
-    images_dir, masks_dir = root / "images", root / "masks"
-    for folder in (images_dir, masks_dir):
-        if not folder.is_dir():
-            raise DatasetError(
-                f"{folder}: folder missing; expected a root with images/ and masks/."
-            )
-    images, masks = _files(images_dir), _files(masks_dir)
-    pairs: list[tuple[str, Path, Path]] = []
-    orphans: list[tuple[str, str]] = []
+    images_dir, masks_dir = source_folders(
+        root, "images", "masks", "a root with images/ and masks/"
+    )
+    images = files_by_stem(images_dir, EXTENSIONS)
+    masks = files_by_stem(masks_dir, EXTENSIONS)
+    pairs: Pairs = []
+    orphans: Orphans = []
     for stem in sorted(set(images) | set(masks)):
         imgs, msks = sorted(images.get(stem, [])), sorted(masks.get(stem, []))
         if not msks:

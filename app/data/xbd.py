@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 
 from app.data.base import DAMAGE_CLASSES, Building, DatasetError, LoadReport, Scene
 from app.data.imageio import decode_image
+from app.data.pairs import Orphans, Pairs, files_by_stem, iter_pairs, source_folders
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TOLERANCE_PX = 1.0
 #: Real label files are ~100 kB; anything this big is not an xBD label.
 MAX_LABEL_BYTES = 64 * 1024 * 1024
+#: Words of the error when no pair is found: what, what was expected, what orphans are.
+_NONE_FOUND = (
+    "no xBD scenes found",
+    "images/<stem>.png|jpg|tif with labels/<stem>.json",
+    "unpaired files",
+)
 
 #: ``metadata`` fields copied into ``Scene.meta`` (fixed so every scene has the same columns).
 META_NUMBERS: tuple[str, ...] = (
@@ -80,70 +87,22 @@ def iter_xbd(root: Path, report: LoadReport | None = None) -> Iterator[Scene]:
     :class:`DatasetError` immediately; a bad scene is recorded in ``report`` and skipped.
     """
     root = Path(root)
-    pairs, orphans = _scan(root)
-    if not pairs:
-        detail = (
-            f" ({len(orphans)} unpaired files, e.g. {orphans[0][0]}: {orphans[0][1]})"
-            if orphans
-            else " (both folders are empty)."
-        )
-        raise DatasetError(
-            f"{root}: no xBD scenes found; expected images/<stem>.png|jpg|tif with "
-            f"labels/<stem>.json" + detail
-        )
-    return _iter_pairs(pairs, orphans, report)
+    return iter_pairs(root, _scan(root), read_xbd_scene, report, log, "label", _NONE_FOUND)
 
 
-def _iter_pairs(
-    pairs: list[tuple[str, Path, Path]],
-    orphans: list[tuple[str, str]],
-    report: LoadReport | None,
-) -> Iterator[Scene]:
-    for file, reason in orphans:
-        _skip(report, file, reason)
-    for _stem, image_path, label_path in pairs:
-        try:
-            scene = read_xbd_scene(image_path, label_path)
-        except DatasetError as exc:
-            _skip(report, str(label_path), str(exc))
-            continue
-        if report is not None:
-            report.loaded += 1
-        yield scene
-
-
-def _skip(report: LoadReport | None, file: str, reason: str) -> None:
-    if report is None:
-        log.warning("skipped %s: %s", file, reason)
-    else:
-        report.skip(file, reason)
-
-
-def _scan(root: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[str, str]]]:
+def _scan(root: Path) -> tuple[Pairs, Orphans]:
     """Pair images and labels by stem; return the pairs and the (file, reason) orphans."""
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder; expected an xBD root with images/ and labels/.")
-    images_dir, labels_dir = root / "images", root / "labels"
-    for folder in (images_dir, labels_dir):
-        if not folder.is_dir():
-            raise DatasetError(
-                f"{folder}: folder missing; expected an xBD root with images/ and labels/."
-            )
-    images: dict[str, list[Path]] = {}
-    for path in images_dir.iterdir():
-        if (
-            path.is_file()
-            and not path.name.startswith(".")
-            and path.suffix.lower() in IMAGE_EXTENSIONS
-        ):
-            images.setdefault(path.stem, []).append(path)
+    images_dir, labels_dir = source_folders(
+        root, "images", "labels", "an xBD root with images/ and labels/"
+    )
+    images = files_by_stem(images_dir, IMAGE_EXTENSIONS)
     labels = {
         p.stem: p
         for p in labels_dir.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() == ".json"
     }
-    pairs: list[tuple[str, Path, Path]] = []
-    orphans: list[tuple[str, str]] = []
+    pairs: Pairs = []
+    orphans: Orphans = []
     for stem in sorted(set(images) | set(labels)):
         found, label = sorted(images.get(stem, [])), labels.get(stem)
         if label is None:
