@@ -15,20 +15,23 @@ from app import config
 
 
 def _source_scenes(args: argparse.Namespace, report):
-    """Scenes of the requested source, lazily."""
+    """Scenes of the requested source, lazily, and the progress bar's total: every location's
+    phases, or the files a (cheap) listing of the folder finds (read or skipped)."""
     if args.source == "synthetic":
-        from app.data.synthetic import iter_synthetic
+        from app.data.synthetic import PHASES, iter_synthetic
 
-        return iter_synthetic(args.n_locations, seed=args.seed, size=args.scene_size)
+        scenes = iter_synthetic(args.n_locations, seed=args.seed, size=args.scene_size)
+        return scenes, max(0, args.n_locations) * len(PHASES)
     if args.root is None:
         raise ValueError(f"--root is required for --source {args.source}.")
+    root = Path(args.root)
     if args.source == "xbd":
-        from app.data.xbd import iter_xbd
+        from app.data.xbd import count_xbd, iter_xbd
 
-        return iter_xbd(Path(args.root), report=report)
-    from app.data.folders import iter_folder
+        return iter_xbd(root, report=report), count_xbd(root)
+    from app.data.folders import count_folder, iter_folder
 
-    return iter_folder(Path(args.root), report=report)
+    return iter_folder(root, report=report), count_folder(root)
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
 
     report = LoadReport()
     out = Path(args.out) if args.out else config.DATASETS_DIR / args.name
-    scenes = _source_scenes(args, report)
+    scenes, total = _source_scenes(args, report)
     params = {"n_locations": args.n_locations, "scene_size": args.scene_size}
     if args.root:
         params["source_root"] = str(args.root)
@@ -46,7 +49,7 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
         params["downscale"] = args.downscale
     path = write_dataset(
         scenes, out, name=args.name, source=args.source, tile_size=args.tile_size,
-        overlap=args.overlap, seed=args.seed, report=report, params=params,
+        overlap=args.overlap, seed=args.seed, report=report, params=params, total=total,
     )
     import json
 

@@ -75,10 +75,14 @@ def write_dataset(
     report: LoadReport | None = None,
     progress: bool = True,
     params: dict[str, Any] | None = None,
+    total: int | None = None,
 ) -> Path:
     """Tile ``scenes`` into a dataset folder at ``out`` (replaced atomically) and return it.
 
     Pass the same ``report`` that the loader fills, so its skipped files land in the manifest.
+    ``total`` is how many scenes a lazy ``scenes`` will yield plus how many files its loader
+    will skip into ``report`` (default: ``len(scenes)`` when it has one), so the progress bar
+    shows a total and an ETA rather than a bare count.
     Raises :class:`DatasetError` when no scene was written.
     """
     check_int("tile_size", tile_size, low=1)
@@ -89,15 +93,17 @@ def write_dataset(
         raise ValueError(f"The 'name' parameter must be a non-empty str. Got {name!r} instead.")
     out = Path(out)
     report = report if report is not None else LoadReport()
-    total = len(scenes) if hasattr(scenes, "__len__") else None  # type: ignore[arg-type]
+    if total is None and hasattr(scenes, "__len__"):
+        total = len(scenes)  # type: ignore[arg-type]
 
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         rows: list[dict[str, Any]] = []
         seen: set[str] = set()
-        bar = tqdm(scenes, total=total, desc=f"tiling {name}", unit="scene", disable=not progress)
-        for scene in bar:
+        bar = tqdm(total=total, desc=f"tiling {name}", unit="scene", disable=not progress)
+        counted = len(report.skipped)
+        for scene in scenes:
             _check_scene_id(scene.scene_id, seen)
             for tile in tile_scene(scene, tile_size, overlap):
                 Image.fromarray(tile.image).save(
@@ -108,6 +114,10 @@ def write_dataset(
                         tmp / "masks" / f"{tile.tile_id}.png", format="PNG"
                     )
                 rows.append(_row(tile, scene.source))
+            # Files the loader skipped on the way count as done too, so the bar ends full.
+            bar.update(1 + len(report.skipped) - counted)
+            counted = len(report.skipped)
+        bar.update(len(report.skipped) - counted)
         bar.close()
         if not rows:
             raise DatasetError(

@@ -44,6 +44,13 @@ def list_folder(root: Path) -> list[str]:
     return [stem for stem, _, _ in pairs]
 
 
+def count_folder(root: Path) -> int:
+    """How many files ``iter_folder`` will read or skip (pairs plus unpaired files), from a
+    listing only: the total of ``make-dataset``'s progress bar."""
+    pairs, orphans = _scan(Path(root))
+    return len(pairs) + len(orphans)
+
+
 def iter_folder(root: Path, report: LoadReport | None = None) -> Iterator[Scene]:
     """Yield the scenes of an image+mask folder lazily, sorted by stem.
 

@@ -80,6 +80,13 @@ def list_xbd(root: Path) -> list[str]:
     return [stem for stem, _, _ in pairs]
 
 
+def count_xbd(root: Path) -> int:
+    """How many files ``iter_xbd`` will read or skip (pairs plus unpaired files), from a
+    listing only: the total of ``make-dataset``'s progress bar."""
+    pairs, orphans = _scan(Path(root))
+    return len(pairs) + len(orphans)
+
+
 def iter_xbd(root: Path, report: LoadReport | None = None) -> Iterator[Scene]:
     """Yield the scenes of an xBD folder lazily, sorted by stem.
 

@@ -248,3 +248,30 @@ def test_write_bytes_atomic_and_sha256(tmp_path: Path) -> None:
     assert path.read_bytes() == b"hello world"
     assert list(path.parent.iterdir()) == [path]
     assert sha256_file(path) == "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+
+
+def test_progress_bar_of_lazy_scenes_shows_the_given_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_dataset(scenes(2), tmp_path / "a", name="t", source="test", tile_size=TILE, total=4)
+    assert "4/4" in capsys.readouterr().err
+    write_dataset(scenes(2), tmp_path / "b", name="t", source="test", tile_size=TILE)
+    err = capsys.readouterr().err
+    assert "4scene" in err and "/4" not in err  # a bare count without a total
+
+
+def test_progress_bar_counts_the_files_the_loader_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = LoadReport(skipped=[("old.png", "skipped before")])
+
+    def loader() -> Iterator[Scene]:
+        report.skip("orphan.png", "mask missing")  # like a loader's orphans, before any scene
+        yield from scenes(1)
+        report.skip("bad.png", "file is empty")  # a pair that fails after the last scene
+
+    write_dataset(
+        loader(), tmp_path / "a", name="t", source="test", tile_size=TILE, report=report, total=4
+    )
+    err = capsys.readouterr().err
+    assert "4/4" in err and "5/4" not in err

@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from app.data.base import DatasetError, LoadReport
-from app.data.folders import buildings_from_mask, iter_folder, list_folder
+from app.data.folders import buildings_from_mask, count_folder, iter_folder, list_folder
 
 RNG = np.random.default_rng(1)
 
@@ -97,6 +97,7 @@ def test_mask_missing_is_skipped_and_counted(tmp_path: Path) -> None:
     file, reason = report.skipped[0]
     assert file == str(tmp_path / "images" / "b.png")
     assert "mask missing" in reason
+    assert count_folder(tmp_path) == len(scenes) + len(report.skipped) == 2
 
 
 def test_mask_without_image_is_skipped_and_counted(tmp_path: Path) -> None:

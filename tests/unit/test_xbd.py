@@ -14,7 +14,7 @@ from PIL import Image
 
 from app import config
 from app.data.base import DatasetError, LoadReport
-from app.data.xbd import iter_xbd, list_xbd, parse_wkt, read_xbd_scene
+from app.data.xbd import count_xbd, iter_xbd, list_xbd, parse_wkt, read_xbd_scene
 
 SIZE = 64
 
@@ -209,6 +209,7 @@ def test_image_missing_for_label_and_label_missing_for_image_are_counted(tmp_pat
     image_file = str(tmp_path / "images" / "c_pre_disaster.png")
     assert "no image for this label" in reasons[label_file]
     assert "no label for this image" in reasons[image_file]
+    assert count_xbd(tmp_path) == len(scenes) + len(report.skipped) == 3
 
 
 def test_two_images_with_one_stem_are_ambiguous(tmp_path: Path) -> None:
