@@ -39,26 +39,50 @@ from app.data.synthetic.roads import _Occupancy
 def _make_house(
     rng: np.random.Generator, w: float, d: float, kind: str, rho: float
 ) -> tuple[tuple, tuple, str, float, float, tuple[float, float, float], str, tuple]:
-    """Footprint (rectangle or L), roof type, pitch, eave height, colour and material."""
-    extras: tuple = ()
+    """Footprint (rectangle or L), roof type, pitch, eave height, colour, material and roof
+    fixtures (rooftop units, chimney, solar array)."""
     if kind == "commercial":
-        sections = ((0.0, 0.0, w / 2, d / 2),)
-        outline = ((-w / 2, -d / 2), (w / 2, -d / 2), (w / 2, d / 2), (-w / 2, d / 2))
-        colour = _FLAT_ROOFS[int(rng.integers(len(_FLAT_ROOFS)))]
-        units = []
-        for _ in range(int(rng.integers(2, 7))):
-            ua, ub = rng.uniform(1.5, 3.5), rng.uniform(1.5, 3.0)
-            units.append(
-                (
-                    "unit",
-                    rng.uniform(-w / 2 + 5, w / 2 - 5),
-                    rng.uniform(-d / 2 + 5, d / 2 - 5),
-                    ua,
-                    ub,
-                )
+        return _commercial_block(rng, w, d)
+    sections, outline = _footprint(rng, w, d, kind)
+    cum = _ROOF_CUM_SHED if kind == "outbuilding" else _ROOF_CUM
+    k = min(int(np.searchsorted(cum, rng.random())), len(_ROOFS) - 1)
+    base, material, _ = _ROOFS[k]
+    jitter = rng.normal(1.0, 0.05) * rng.normal(1.0, 0.025, 3)
+    colour = tuple(min(245.0, max(20.0, float(c * j))) for c, j in zip(base, jitter, strict=True))
+    roof = "hip" if rng.random() < (0.45 if material != "metal" else 0.15) else "gable"
+    pitch = rng.uniform(0.3, 0.6) if kind == "house" else rng.uniform(0.15, 0.3)
+    storeys = 2 if (kind == "house" and rng.random() < 0.15 + 0.3 * rho) else 1
+    wall = storeys * rng.uniform(6.0, 7.0) + rng.uniform(0, 2.5)  # some raised on piers
+    fixtures = _house_fixtures(rng, sections[0]) if kind == "house" else ()
+    return sections, outline, roof, pitch, wall, colour, material, fixtures
+
+
+def _commercial_block(
+    rng: np.random.Generator, w: float, d: float
+) -> tuple[tuple, tuple, str, float, float, tuple[float, float, float], str, tuple]:
+    """A flat-roofed commercial box with rooftop units (``_make_house``'s record)."""
+    sections = ((0.0, 0.0, w / 2, d / 2),)
+    outline = ((-w / 2, -d / 2), (w / 2, -d / 2), (w / 2, d / 2), (-w / 2, d / 2))
+    colour = _FLAT_ROOFS[int(rng.integers(len(_FLAT_ROOFS)))]
+    units = []
+    for _ in range(int(rng.integers(2, 7))):
+        ua, ub = rng.uniform(1.5, 3.5), rng.uniform(1.5, 3.0)
+        units.append(
+            (
+                "unit",
+                rng.uniform(-w / 2 + 5, w / 2 - 5),
+                rng.uniform(-d / 2 + 5, d / 2 - 5),
+                ua,
+                ub,
             )
-        extras = tuple(units)
-        return sections, outline, "flat", 0.0, rng.uniform(8, 16), colour, "membrane", extras
+        )
+    extras = tuple(units)
+    return sections, outline, "flat", 0.0, rng.uniform(8, 16), colour, "membrane", extras
+
+
+def _footprint(rng: np.random.Generator, w: float, d: float, kind: str) -> tuple[tuple, tuple]:
+    """Sections (cu, cv, a, b) and outline of a ``w`` x ``d`` rectangle, or for some larger
+    houses an L of two wings, mirrored at random."""
     if kind == "house" and rng.random() < 0.38 and w > 26 and d > 22:
         w1 = w * rng.uniform(0.35, 0.6)
         d1 = d * rng.uniform(0.5, 0.72)
@@ -79,18 +103,16 @@ def _make_house(
     else:
         sections = ((0.0, 0.0, w / 2, d / 2),)
         outline = ((-w / 2, -d / 2), (w / 2, -d / 2), (w / 2, d / 2), (-w / 2, d / 2))
-    cum = _ROOF_CUM_SHED if kind == "outbuilding" else _ROOF_CUM
-    k = min(int(np.searchsorted(cum, rng.random())), len(_ROOFS) - 1)
-    base, material, _ = _ROOFS[k]
-    jitter = rng.normal(1.0, 0.05) * rng.normal(1.0, 0.025, 3)
-    colour = tuple(min(245.0, max(20.0, float(c * j))) for c, j in zip(base, jitter, strict=True))
-    roof = "hip" if rng.random() < (0.45 if material != "metal" else 0.15) else "gable"
-    pitch = rng.uniform(0.3, 0.6) if kind == "house" else rng.uniform(0.15, 0.3)
-    storeys = 2 if (kind == "house" and rng.random() < 0.15 + 0.3 * rho) else 1
-    wall = storeys * rng.uniform(6.0, 7.0) + rng.uniform(0, 2.5)  # some raised on piers
-    cu, cv, a, b = sections[0]
+    return sections, outline
+
+
+def _house_fixtures(
+    rng: np.random.Generator, main: tuple[float, float, float, float]
+) -> tuple[tuple[str, float, float, float, float], ...]:
+    """Maybe a chimney and maybe a solar array on the main section ``(cu, cv, a, b)``."""
+    cu, cv, a, b = main
     fixtures = []
-    if kind == "house" and rng.random() < 0.3:
+    if rng.random() < 0.3:
         # Chimney: a small box standing on the roof, with its own little shadow.
         fixtures.append(
             (
@@ -101,7 +123,7 @@ def _make_house(
                 rng.uniform(1.2, 2.0),
             )
         )
-    if kind == "house" and rng.random() < 0.07 and a > 12:
+    if rng.random() < 0.07 and a > 12:
         # Solar array on one face of the main section.
         sgn = 1 if rng.random() < 0.5 else -1
         if a >= b:
@@ -112,7 +134,7 @@ def _make_house(
             fixtures.append(
                 ("solar", cu + sgn * a * 0.5, cv + rng.uniform(-0.3, 0.3) * b, a * 0.32, b * 0.45)
             )
-    return sections, outline, roof, pitch, wall, colour, material, tuple(fixtures)
+    return tuple(fixtures)
 
 
 @dataclass
