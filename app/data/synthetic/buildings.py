@@ -484,18 +484,8 @@ def _paint_roof(
 
     Every face is planar, so its brightness is one number from a small table indexed by face."""
     sl, inside, u, v, (z, faces, along, inner, ridge) = cache
-    p = h.pitch
-    c, s = math.cos(h.theta), math.sin(h.theta)
-    table = []
-    for _ in h.sections:
-        for fu, fv in ((0, -1), (0, 1), (-1, 0), (1, 0)):
-            if h.roof == "flat":
-                nx, ny = 0.0, 0.0
-            else:
-                nx, ny = p * (fu * c - fv * s), p * (fu * s + fv * c)
-            lam = (nx * sun[0] + ny * sun[1] + sun[2]) / math.sqrt(nx * nx + ny * ny + 1)
-            table.append((0.32 + 0.68 * max(lam, 0.0)) / (0.32 + 0.68 * float(sun[2])))
-    shade = np.asarray(table, _F)[faces] * base.roof_tex[sl]
+    lit = np.asarray(_face_brightness(h, sun), _F)[faces]  # brightness of the face per pixel
+    shade = lit * base.roof_tex[sl]
     if h.material == "metal":
         shade += 0.05 * np.sin(along * _F(2 * math.pi / 2.6))
     elif h.material == "tile":
@@ -508,28 +498,7 @@ def _paint_roof(
     else:
         shade[inner < 1.0] *= 0.9  # eaves and gutters
     col = np.asarray(h.colour, _F) * shade[..., None]
-    for what, cu, cv, a, b in h.extras:
-        box = (np.abs(u - cu) <= a) & (np.abs(v - cv) <= b) & inside
-        if not box.any():
-            continue
-        fine = base.fine[sl][box]
-        if what == "solar":
-            # Dark cells with a light frame grid; they follow the roof plane.
-            grid = (np.abs((u[box] - cu) % 3.3 - 1.65) > 1.3) | (
-                np.abs((v[box] - cv) % 2.2 - 1.1) > 0.85
-            )
-            cell = np.where(grid[:, None], (92, 98, 112), (34, 42, 62)).astype(_F)
-            col[box] = cell * (np.asarray(table, _F)[faces[box]] * (1 + 0.02 * fine))[:, None]
-            continue
-        tone = (
-            (200, 200, 196)
-            if what == "unit"
-            else (128, 84, 70)
-            if (cu * 7) % 2 < 1
-            else (118, 116, 112)
-        )
-        col[box] = np.array(tone, _F) * (1 + 0.03 * fine)[:, None]
-        height = np.where(box, height + (3.0 if what == "unit" else 4.0), height)
+    height = _paint_fixtures(col, height, h, u, v, inside, lit, base.fine[sl])
 
     if damage is not None and damage != "no-damage" and rng is not None:
         col, height = _damage_roof(
@@ -541,6 +510,61 @@ def _paint_roof(
     rgb[(slice(None), *sl)][:, win] = col[win].T
     cur[win] = height[win]
     kind[sl][win] = 1
+
+
+def _face_brightness(h: _House, sun: np.ndarray) -> list[float]:
+    """Relative brightness of each roof face under ``sun`` (4 faces per section: sloping down
+    towards -v, +v, -u, +u), 1.0 for a flat roof in full sun."""
+    p = h.pitch
+    c, s = math.cos(h.theta), math.sin(h.theta)
+    table = []
+    for _ in h.sections:
+        for fu, fv in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+            if h.roof == "flat":
+                nx, ny = 0.0, 0.0
+            else:
+                nx, ny = p * (fu * c - fv * s), p * (fu * s + fv * c)
+            lam = (nx * sun[0] + ny * sun[1] + sun[2]) / math.sqrt(nx * nx + ny * ny + 1)
+            table.append((0.32 + 0.68 * max(lam, 0.0)) / (0.32 + 0.68 * float(sun[2])))
+    return table
+
+
+def _paint_fixtures(
+    col: np.ndarray,
+    height: np.ndarray,
+    h: _House,
+    u: np.ndarray,
+    v: np.ndarray,
+    inside: np.ndarray,
+    lit: np.ndarray,
+    fine: np.ndarray,
+) -> np.ndarray:
+    """Paint the roof's fixtures into ``col``; return the height map with them standing on it.
+
+    Solar cells follow the roof plane (``lit``: face brightness per pixel); rooftop units and
+    chimneys are boxes standing on the roof."""
+    for what, cu, cv, a, b in h.extras:
+        box = (np.abs(u - cu) <= a) & (np.abs(v - cv) <= b) & inside
+        if not box.any():
+            continue
+        if what == "solar":
+            # Dark cells with a light frame grid; they follow the roof plane.
+            grid = (np.abs((u[box] - cu) % 3.3 - 1.65) > 1.3) | (
+                np.abs((v[box] - cv) % 2.2 - 1.1) > 0.85
+            )
+            cell = np.where(grid[:, None], (92, 98, 112), (34, 42, 62)).astype(_F)
+            col[box] = cell * (lit[box] * (1 + 0.02 * fine[box]))[:, None]
+            continue
+        tone = (
+            (200, 200, 196)
+            if what == "unit"
+            else (128, 84, 70)
+            if (cu * 7) % 2 < 1
+            else (118, 116, 112)
+        )
+        col[box] = np.array(tone, _F) * (1 + 0.03 * fine[box])[:, None]
+        height = np.where(box, height + (3.0 if what == "unit" else 4.0), height)
+    return height
 
 
 def _paint_car(rgb: np.ndarray, top: np.ndarray, rect: _Rect, colour: tuple, size: int) -> None:
