@@ -228,8 +228,42 @@ def _paved_surfaces(
 ) -> np.ndarray:
     """Sidewalks, verges, driveways, pools and asphalt with road markings; returns the paved
     codes. Drawn as code images with PIL, then coloured through a tone table."""
-    size = lay.size
     fine, small, med, small2 = f.fine, f.small, f.med, f.small2
+    paved, mk = _paved_codes(lay)
+    lut = np.zeros((256, 3), _F)
+    greys = rng.uniform(86, 124, _N_ASPHALT)
+    for i, g in enumerate(greys):
+        lut[_ASPHALT0 + i] = (g, g * 1.005, g * 1.02)
+    lut[_CONCRETE] = rng.uniform(165, 190) * np.array([1.0, 0.99, 0.955])
+    lut[_GRAVEL] = (158, 144, 120)
+    lut[_POOL] = (72, 172, 192)
+    lut[_BARE] = (156, 128, 98)
+    has = paved > 0
+    codes = paved[has]
+    tex = (1 + 0.06 * fine + 0.05 * small + 0.03 * med)[has]
+    pool_px = codes == _POOL
+    bare_px = codes == _BARE
+    if pool_px.any():
+        tex[pool_px] = 1 + 0.03 * fine[has][pool_px]
+    if bare_px.any():
+        tex[bare_px] = 1 + 0.1 * small2[has][bare_px] + 0.05 * fine[has][bare_px]
+    tex[(med[has] > 1.3) & (codes < _CONCRETE)] *= 0.88  # patched asphalt
+    rgb[:, has] = lut.T[:, codes] * tex
+    road_label = np.full(codes.shape, _ROAD, np.uint8)
+    road_label[pool_px] = _WATER
+    road_label[bare_px] = _SOIL
+    label[has] = road_label
+    paint = (mk > 0) & (paved > 0) & (paved < _CONCRETE)
+    for code, colour, a in ((1, (225, 225, 220), 0.6), (2, (205, 180, 90), 0.5)):
+        m = paint & (mk == code)
+        rgb[:, m] = rgb[:, m] * _F(1 - a) + np.array(colour, _F)[:, None] * _F(a)
+    return paved
+
+
+def _paved_codes(lay: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Paved-surface codes per pixel (0 = unpaved) and road-marking codes (1 = parking
+    stripe, 2 = centre line), drawn with PIL in painter's order."""
+    size = lay.size
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
     marks = Image.new("L", (size, size), 0)
@@ -265,35 +299,7 @@ def _paved_surfaces(
     if lay.shore_d is not None:
         paved[lay.shore_d < lay.beach * 0.4] = 0
     mk = np.asarray(marks)
-
-    lut = np.zeros((256, 3), _F)
-    greys = rng.uniform(86, 124, _N_ASPHALT)
-    for i, g in enumerate(greys):
-        lut[_ASPHALT0 + i] = (g, g * 1.005, g * 1.02)
-    lut[_CONCRETE] = rng.uniform(165, 190) * np.array([1.0, 0.99, 0.955])
-    lut[_GRAVEL] = (158, 144, 120)
-    lut[_POOL] = (72, 172, 192)
-    lut[_BARE] = (156, 128, 98)
-    has = paved > 0
-    codes = paved[has]
-    tex = (1 + 0.06 * fine + 0.05 * small + 0.03 * med)[has]
-    pool_px = codes == _POOL
-    bare_px = codes == _BARE
-    if pool_px.any():
-        tex[pool_px] = 1 + 0.03 * fine[has][pool_px]
-    if bare_px.any():
-        tex[bare_px] = 1 + 0.1 * small2[has][bare_px] + 0.05 * fine[has][bare_px]
-    tex[(med[has] > 1.3) & (codes < _CONCRETE)] *= 0.88  # patched asphalt
-    rgb[:, has] = lut.T[:, codes] * tex
-    road_label = np.full(codes.shape, _ROAD, np.uint8)
-    road_label[pool_px] = _WATER
-    road_label[bare_px] = _SOIL
-    label[has] = road_label
-    paint = (mk > 0) & (paved > 0) & (paved < _CONCRETE)
-    for code, colour, a in ((1, (225, 225, 220), 0.6), (2, (205, 180, 90), 0.5)):
-        m = paint & (mk == code)
-        rgb[:, m] = rgb[:, m] * _F(1 - a) + np.array(colour, _F)[:, None] * _F(a)
-    return paved
+    return paved, mk
 
 
 def _footprints(lay: _Layout) -> tuple[np.ndarray, list]:
