@@ -29,6 +29,10 @@ Modules, in the order a scene is made: ``palette`` (colours and surface codes), 
 (layout records, pixel helpers), ``roads``, ``buildings`` (lots, houses, roofs, cars),
 ``vegetation``, ``terrain`` (the ground), ``damage`` (post phase), ``light`` (sun, shadows,
 camera) and ``scene`` (layout, rendering, the public functions re-exported here).
+
+Every step draws from its generator in a fixed order, and the shipped demo model and
+embeddings were made from these scenes: a refactor must keep every draw and its order (compare
+SHA-256 hashes of images, masks and building lists before and after).
 """
 
 from app.data.synthetic.scene import (
