@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr, patience=args.patience, seed=args.seed, crop=args.crop,
         steps_per_epoch=args.steps_per_epoch, max_minutes=args.max_minutes,
     )
-    path, metrics = train(Path(args.dataset), args.run_id, cfg, verbose=2)
+    path, metrics = train(Path(args.dataset), args.run_id, cfg, progress=True)
     test = metrics["test"]
     print(f"model written to {path}")
     print(
@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--crop", type=int, default=None, help="random training crop size")
     p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget: stops after the epoch that exceeds it (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
@@ -298,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True)
     p.add_argument("--layer", default="bottleneck")
     p.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"], default="gap")
-    p.add_argument("--splits", nargs="*", default=None, help="only these splits")
+    p.add_argument("--splits", nargs="*", default=None, metavar="SPLIT",
+                   help="only the tiles of these splits (train, val, test); "
+                        "left out: all tiles")
     p.add_argument("--limit", type=int, default=None, help="at most this many tiles")
     p.add_argument("--batch-size", type=int, default=8,
                    help="tiles per forward pass (default: %(default)s)")

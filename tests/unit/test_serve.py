@@ -165,8 +165,10 @@ def test_two_workers_share_a_redis_cache(site: Path, redis_url: str) -> None:
     import redis
 
     port = free_port()
+    # No warm-up: the fake model cannot be loaded, and trying imports TensorFlow in both workers
+    # while the requests below are timed (on 2 busy cores that took them past 10 s).
     env = serve_env(site / "models", site / "emb", site / "cache", port,
-                    UNET_LENS_REDIS_URL=redis_url)
+                    UNET_LENS_REDIS_URL=redis_url, UNET_LENS_WARM_UP="0")
     base = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "app", "serve", "--workers", "2", "--threads", "2"]
     with server_process(argv, env, site / "redis-server.log") as proc:
