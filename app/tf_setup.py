@@ -117,15 +117,18 @@ class _QuietLoader(importlib.abc.Loader):
             module.__spec__.loader = self.real
         level = min_log_level()
         gpus: list[str] | None = None
-        # At level 0 the user asked for everything: nothing is captured (nor held back).
-        with _captured_fd2() if level > 0 else contextlib.nullcontext([]) as captured:
-            self.real.exec_module(module)
-            with contextlib.suppress(Exception):  # a failed query must not fail the import
-                gpus = _gpu_names(module)
-        rest = filter_startup_lines(b"".join(captured), level, no_gpu=gpus == [])
-        line = "" if gpus is None else device_line(gpus) + "\n"
-        with contextlib.suppress(OSError):
-            os.write(2, rest + line.encode())
+        captured: list[bytes] = []
+        try:
+            # At level 0 the user asked for everything: nothing is captured (nor held back).
+            with _captured_fd2() if level > 0 else contextlib.nullcontext(captured) as captured:
+                self.real.exec_module(module)
+                with contextlib.suppress(Exception):  # a failed query must not fail the import
+                    gpus = _gpu_names(module)
+        finally:  # also when the import failed: what it wrote may say why
+            rest = filter_startup_lines(b"".join(captured), level, no_gpu=gpus == [])
+            line = "" if gpus is None else device_line(gpus) + "\n"
+            with contextlib.suppress(OSError):
+                os.write(2, rest + line.encode())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)

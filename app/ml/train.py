@@ -6,6 +6,7 @@ TensorFlow places the work on a GPU automatically when one is visible; nothing h
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -237,7 +238,7 @@ class _Progress(keras.callbacks.Callback):
             self.bar.close()
         if self.budget is not None and self.budget.stopped_by_budget:
             tqdm.write(f"time budget of {self.budget.seconds / 60:g} min used up: training "
-                       "stops here and keeps the best epoch's weights")
+                       "stops here and keeps the best epoch's weights", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- fit
@@ -309,7 +310,7 @@ def train(
         budget_text = f", time budget {cfg.max_minutes:g} min" if cfg.max_minutes else ""
         tqdm.write(f"training {cfg.preset} U-Net on {n_train} train and "
                    f"{len(splits['val'][0])} val tiles: up to {cfg.epochs} epochs of {steps} "
-                   f"steps{budget_text} (the first steps trace the graph)")
+                   f"steps{budget_text} (the first steps trace the graph)", file=sys.stderr)
         callbacks.append(_Progress(cfg.epochs, steps, budget))
         verbose = 0
     start = time.monotonic()

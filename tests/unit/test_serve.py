@@ -216,3 +216,26 @@ def test_dockerfile_commands_are_the_ones_ci_runs() -> None:
     assert "pip install --quiet -r requirements.txt" in makefile
     assert re.search(r"^USER \d+$", text, re.M), "a numeric non-root user"
     assert "ARG BASE=" in text and "-gpu" in text  # CPU default, GPU build-arg
+
+
+def test_tensorflow_start_up_lines_are_filtered_by_level() -> None:
+    """What ``app.tf_setup`` writes back after ``import tensorflow``: C++ log lines below
+    ``TF_CPP_MIN_LOG_LEVEL`` go (they are written before TensorFlow reads it), the cuInit error
+    goes when no GPU was found (the plain device line says it), everything else stays."""
+    from app.tf_setup import device_line, filter_startup_lines
+
+    preamble = (b"WARNING: All log messages before absl::InitializeLog() is called are written "
+                b"to STDERR\n")
+    stub = (b"I0000 00:00:1795616452.138486    8797 cudart_stub.cc:31] Could not find cuda "
+            b"drivers on your machine, GPU will not be used.\n")
+    cuinit = (b"E0000 00:00:1795616457.448221    8797 cuda_platform.cc:52] failed call to cuInit: "
+              b"INTERNAL: CUDA error\n")
+    other_error = b"E0000 00:00:1795616457.448221    8797 x.cc:1] something else\n"
+    ours = b"[2026-11-25 14:24:00 +0000] [11255] [INFO] app.web.services: a request log line\n"
+    text = preamble + stub + ours + preamble + stub + cuinit + other_error
+    assert filter_startup_lines(text, 3, no_gpu=True) == ours
+    assert filter_startup_lines(text, 2, no_gpu=True) == ours + other_error
+    assert filter_startup_lines(text, 2, no_gpu=False) == ours + cuinit + other_error
+    assert filter_startup_lines(text, 0, no_gpu=True) == text
+    assert device_line([]) == "no GPU found, running on CPU"
+    assert device_line(["NVIDIA H100 80GB HBM3"]) == "GPU: NVIDIA H100 80GB HBM3"
