@@ -7,9 +7,11 @@ and CI can rely on it. Heavy modules are imported inside the commands, so ``--he
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from app import config
 
@@ -97,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr, patience=args.patience, seed=args.seed, crop=args.crop,
         steps_per_epoch=args.steps_per_epoch, max_minutes=args.max_minutes,
     )
-    path, metrics = train(Path(args.dataset), args.run_id, cfg, verbose=2)
+    path, metrics = train(Path(args.dataset), args.run_id, cfg, progress=True)
     test = metrics["test"]
     print(f"model written to {path}")
     print(
@@ -191,37 +193,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ready = serve_preflight(args)
     if args.check:
         return 0 if ready else 1
-    if args.workers > 1:
-        return _serve_gunicorn(args)
-    import logging
+    return _serve_gunicorn(args)
 
-    from app.web.main import run
 
-    # The warm-up thread and the request log report through logging.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run(host=args.host, port=args.port, model_run=args.model_run,
-        embeddings_run=args.embeddings_run)
-    return 0
+#: Worker log lines look like gunicorn's own ("[time] [pid] [LEVEL] ...").
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+def wsgi_app() -> Any:
+    """What each gunicorn worker serves (``app.cli:wsgi_app()``): the dashboard's Flask server,
+    with INFO logging on so the warm-up thread's ``model ... warm:`` line and request errors
+    show. Called after the fork, so the app, its model and its warm-up thread are per worker."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S %z")
+    from app.web.main import server  # builds the app and starts the warm-up (lazy: Dash, TF)
+
+    return server
 
 
 def gunicorn_argv(args: argparse.Namespace) -> list[str]:
-    """The gunicorn command ``serve --workers N`` execs (workers build the app after the fork)."""
+    """The gunicorn command ``serve`` execs (workers build the app after the fork)."""
     argv = [
         sys.executable, "-m", "gunicorn", "--workers", str(args.workers),
         "--threads", str(args.threads), "--bind", f"{args.host}:{args.port}",
         "--timeout", "120", "--graceful-timeout", "20",
+        "--no-control-socket",  # unused; one fixed path under ~ would be shared by every server
     ]
     if args.access_log:
         argv += ["--access-logfile", "-"]
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         argv += ["--worker-tmp-dir", str(shm)]  # heartbeat files off the (overlay) disk
-    return [*argv, "app.web.main:server"]
+    return [*argv, "app.cli:wsgi_app()"]
 
 
 def _serve_gunicorn(args: argparse.Namespace) -> int:
-    print(f"U-Net Lens on http://{args.host}:{args.port}/ (gunicorn, {args.workers} workers x "
-          f"{args.threads} threads)", flush=True)
+    workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
+    print(f"U-Net Lens on http://{args.host}:{args.port}/ (gunicorn, {workers} x "
+          f"{args.threads} threads; Ctrl-C stops it)", flush=True)
     argv = gunicorn_argv(args)
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover
@@ -283,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--crop", type=int, default=None, help="random training crop size")
     p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget: stops after the epoch that exceeds it (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
@@ -293,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True)
     p.add_argument("--layer", default="bottleneck")
     p.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"], default="gap")
-    p.add_argument("--splits", nargs="*", default=None, help="only these splits")
+    p.add_argument("--splits", nargs="*", default=None, metavar="SPLIT",
+                   help="only the tiles of these splits (train, val, test); "
+                        "left out: all tiles")
     p.add_argument("--limit", type=int, default=None, help="at most this many tiles")
     p.add_argument("--batch-size", type=int, default=8,
                    help="tiles per forward pass (default: %(default)s)")
@@ -321,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=config.PORT)
     p.add_argument("--model-run", default=None)
     p.add_argument("--embeddings-run", default=None)
-    p.add_argument("--workers", type=int, default=1, help=">1 runs gunicorn")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gunicorn worker processes (default: %(default)s)")
     p.add_argument("--threads", type=int, default=4,
                    help="threads per gunicorn worker (default: %(default)s)")
     p.add_argument("--access-log", action="store_true", help="gunicorn: log every request")

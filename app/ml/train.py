@@ -6,6 +6,7 @@ TensorFlow places the work on a GPU automatically when one is visible; nothing h
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from app import artifacts
 from app.ml.unet import PRESETS, build_unet
@@ -186,6 +188,58 @@ class _TimeBudget(keras.callbacks.Callback):
             self.stopped_by_budget = True
             self.model.stop_training = True
 
+    def left(self) -> str:
+        """``"budget 12.5 of 25 min left"``, for progress lines."""
+        left = max(0.0, self.seconds - (time.monotonic() - self.start)) / 60.0
+        return f"budget {left:.1f} of {self.seconds / 60:g} min left"
+
+
+class _Progress(keras.callbacks.Callback):
+    """A tqdm bar per epoch (steps done of the total, rate, ETA, running loss) whose last state
+    stays on screen with the epoch's validation IoU and, with a budget, the minutes left; so
+    the first line shows as soon as training starts rather than when epoch 1 ends."""
+
+    def __init__(self, epochs: int, steps: int | None, budget: _TimeBudget | None) -> None:
+        super().__init__()
+        self.epochs, self.steps, self.budget = epochs, steps, budget
+        self.bar: tqdm | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        total = self.params.get("steps") or self.steps
+        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                        leave=True, dynamic_ncols=True)
+        if self.budget is not None:
+            self.bar.set_postfix_str(self.budget.left())
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if logs and "loss" in logs:
+                self.bar.set_postfix_str(f"loss {float(logs['loss']):.4f}", refresh=False)
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.bar.postfix or ''}, validating".lstrip(", "))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.bar is None:
+            return
+        logs = logs or {}
+        parts = [f"{k} {float(logs[k]):.4f}" for k in ("loss", "val_loss", "val_iou")
+                 if k in logs]
+        if self.budget is not None:
+            parts.append(self.budget.left())
+        self.bar.set_postfix_str(", ".join(parts))
+        self.bar.close()
+        self.bar = None
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.budget is not None and self.budget.stopped_by_budget:
+            tqdm.write(f"time budget of {self.budget.seconds / 60:g} min used up: training "
+                       "stops here and keeps the best epoch's weights", file=sys.stderr)
+
 
 # --------------------------------------------------------------------------- fit
 
@@ -197,10 +251,13 @@ def train(
     *,
     store: Path | None = None,
     verbose: int | str = "auto",
+    progress: bool = False,
 ) -> tuple[Path, dict]:
     """Train on a tile dataset (``make-dataset`` output) and write ``model_store/<run_id>``.
 
-    Returns the run path and the held-out test metrics.
+    ``progress`` prints a start line and a bar per epoch (steps, ETA, loss, time budget left)
+    to stderr instead of Keras' own ``verbose`` output. Returns the run path and the held-out
+    test metrics.
     """
     from app.data.dataset import TileDataset
 
@@ -247,6 +304,15 @@ def train(
     ]
     if budget:
         callbacks.append(budget)
+    if progress:
+        n_train = len(splits["train"][0])
+        steps = cfg.steps_per_epoch or -(-n_train // cfg.batch_size)
+        budget_text = f", time budget {cfg.max_minutes:g} min" if cfg.max_minutes else ""
+        tqdm.write(f"training {cfg.preset} U-Net on {n_train} train and "
+                   f"{len(splits['val'][0])} val tiles: up to {cfg.epochs} epochs of {steps} "
+                   f"steps{budget_text} (the first steps trace the graph)", file=sys.stderr)
+        callbacks.append(_Progress(cfg.epochs, steps, budget))
+        verbose = 0
     start = time.monotonic()
     hist = model.fit(
         train_ds,

@@ -216,18 +216,24 @@ def test_default_host_is_loopback_and_debug_is_off(monkeypatch) -> None:
 
 
 def test_serve_runs_with_debug_off(monkeypatch, tmp_path: Path) -> None:
+    """Plain ``serve`` (one worker) execs gunicorn too: no development server, reloader or
+    debugger."""
     import dash
 
     from app.cli import main as cli
 
-    calls = {}
-    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: calls.update(kw))
+    execs: list[list[str]] = []
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: pytest.fail("development server"))
+    monkeypatch.setattr(os, "execv", lambda exe, argv: execs.append(argv))
     monkeypatch.setattr(config, "EMBEDDINGS_DIR", tmp_path)
     monkeypatch.setattr(config, "MODEL_STORE", tmp_path)
     for var in ("UNET_LENS_MODEL_RUN", "UNET_LENS_EMBEDDINGS_RUN"):
         monkeypatch.delenv(var, raising=False)
     assert cli(["serve", "--host", "127.0.0.1", "--port", "8999"]) == 0
-    assert calls == {"host": "127.0.0.1", "port": 8999, "debug": False}
+    (argv,) = execs
+    assert argv[1:3] == ["-m", "gunicorn"] and argv[argv.index("--workers") + 1] == "1"
+    assert argv[argv.index("--bind") + 1] == "127.0.0.1:8999"
+    assert "--reload" not in argv and "--preload" not in argv
 
 
 # --------------------------------------------------------------------------- headers

@@ -1,6 +1,7 @@
-"""``python -m app serve --workers 2`` for real: gunicorn on a free loopback port, started with the
+"""``python -m app serve`` for real: gunicorn on a free loopback port, started with the
 Dockerfile's own CMD and probed with its own HEALTHCHECK command, a start-up message for broken
-artifacts, a worker killed with SIGKILL, and the shared Redis cache across workers."""
+artifacts, a worker killed with SIGKILL, the shared Redis cache across workers, and the plain
+one-worker default (warm-up, quiet TensorFlow start-up, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.serving import (
     redis_server,
     serve_env,
     server_process,
+    tiny_model_run,
     wait_for,
 )
 
@@ -69,7 +71,11 @@ def test_the_dockerfile_cmd_serves_and_survives_a_killed_worker(site: Path) -> N
     cmd, healthcheck = dockerfile_commands()
     assert cmd == ["python", "-m", "app", "serve", "--workers", "2"]
     port = free_port()
-    env = serve_env(site / "models", site / "emb", site / "cache", port)
+    # No warm-up: it is the only thing in a worker that imports TensorFlow (to load the model),
+    # and a worker whose warm-up began after the model file is put back below would have it
+    # loaded, or "loading", when /healthz is asked; with it off "not loaded" is deterministic.
+    # The warm-up in a worker has its own test below.
+    env = serve_env(site / "models", site / "emb", site / "cache", port, UNET_LENS_WARM_UP="0")
     model = site / "models" / MODEL / "model.keras"
     hidden = model.with_name("model.keras.away")
     model.rename(hidden)  # start broken: the model file is missing
@@ -116,6 +122,39 @@ def test_the_dockerfile_cmd_serves_and_survives_a_killed_worker(site: Path) -> N
     assert proc.returncode is not None
 
 
+@pytest.mark.slow
+def test_plain_serve_is_gunicorn_warms_up_and_stops_cleanly(tmp_path: Path) -> None:
+    """``python -m app serve`` (no ``--workers``): gunicorn with one worker (no development
+    server warning), the warm-up runs in the worker, TensorFlow's start-up is one plain line
+    (no CUDA error, even with the level the tests use), and SIGINT (Ctrl-C) and SIGTERM stop it
+    with exit code 0 and no traceback."""
+    model = tiny_model_run(tmp_path / "models", "tiny-model")
+    linked_run(tmp_path / "emb", tmp_path / "models", model, n=30, run_id=RUN)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        port = free_port()
+        env = serve_env(tmp_path / "models", tmp_path / "emb", tmp_path / "cache", port)
+        log = tmp_path / f"serve-{sig.name}.log"
+        with server_process([sys.executable, "-m", "app", "serve"], env, log) as proc:
+            wait_for(f"http://127.0.0.1:{port}/healthz", status=200, proc=proc)
+            deadline = time.time() + 240
+            while "model tiny-model warm:" not in log.read_text() and time.time() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            _, body, _ = get(f"http://127.0.0.1:{port}/healthz")
+            assert isinstance(json.loads(body)["tensorflow"], dict)  # the worker loaded it
+            assert child_pids(proc.pid) and len(child_pids(proc.pid)) == 1
+            os.killpg(proc.pid, sig)  # a terminal's Ctrl-C signals the whole group
+            assert proc.wait(timeout=60) == 0
+        printed = log.read_text()
+        assert "model tiny-model warm:" in printed, printed[-3000:]
+        assert "(gunicorn, 1 worker x 4 threads" in printed and "Booting worker" in printed
+        assert "development server" not in printed and "Traceback" not in printed
+        assert "cuInit" not in printed and "cudart_stub" not in printed and "absl" not in printed
+        devices = [ln for ln in printed.splitlines()
+                   if ln == "no GPU found, running on CPU" or ln.startswith("GPU")]
+        assert len(devices) == 1, printed[-3000:]
+
+
 @pytest.fixture()
 def redis_url() -> Iterator[str]:
     with redis_server() as url:
@@ -126,8 +165,10 @@ def test_two_workers_share_a_redis_cache(site: Path, redis_url: str) -> None:
     import redis
 
     port = free_port()
+    # No warm-up: the fake model cannot be loaded, and trying imports TensorFlow in both workers
+    # while the requests below are timed (on 2 busy cores that took them past 10 s).
     env = serve_env(site / "models", site / "emb", site / "cache", port,
-                    UNET_LENS_REDIS_URL=redis_url)
+                    UNET_LENS_REDIS_URL=redis_url, UNET_LENS_WARM_UP="0")
     base = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "app", "serve", "--workers", "2", "--threads", "2"]
     with server_process(argv, env, site / "redis-server.log") as proc:
@@ -175,3 +216,26 @@ def test_dockerfile_commands_are_the_ones_ci_runs() -> None:
     assert "pip install --quiet -r requirements.txt" in makefile
     assert re.search(r"^USER \d+$", text, re.M), "a numeric non-root user"
     assert "ARG BASE=" in text and "-gpu" in text  # CPU default, GPU build-arg
+
+
+def test_tensorflow_start_up_lines_are_filtered_by_level() -> None:
+    """What ``app.tf_setup`` writes back after ``import tensorflow``: C++ log lines below
+    ``TF_CPP_MIN_LOG_LEVEL`` go (they are written before TensorFlow reads it), the cuInit error
+    goes when no GPU was found (the plain device line says it), everything else stays."""
+    from app.tf_setup import device_line, filter_startup_lines
+
+    preamble = (b"WARNING: All log messages before absl::InitializeLog() is called are written "
+                b"to STDERR\n")
+    stub = (b"I0000 00:00:1795616452.138486    8797 cudart_stub.cc:31] Could not find cuda "
+            b"drivers on your machine, GPU will not be used.\n")
+    cuinit = (b"E0000 00:00:1795616457.448221    8797 cuda_platform.cc:52] failed call to cuInit: "
+              b"INTERNAL: CUDA error\n")
+    other_error = b"E0000 00:00:1795616457.448221    8797 x.cc:1] something else\n"
+    ours = b"[2026-11-25 14:24:00 +0000] [11255] [INFO] app.web.services: a request log line\n"
+    text = preamble + stub + ours + preamble + stub + cuinit + other_error
+    assert filter_startup_lines(text, 3, no_gpu=True) == ours
+    assert filter_startup_lines(text, 2, no_gpu=True) == ours + other_error
+    assert filter_startup_lines(text, 2, no_gpu=False) == ours + cuinit + other_error
+    assert filter_startup_lines(text, 0, no_gpu=True) == text
+    assert device_line([]) == "no GPU found, running on CPU"
+    assert device_line(["NVIDIA H100 80GB HBM3"]) == "GPU: NVIDIA H100 80GB HBM3"

@@ -86,3 +86,18 @@ def test_bad_config_is_named(dataset: Path, tmp_path: Path) -> None:
         train(dataset, "x", TrainConfig(epochs=0), store=tmp_path)
     with pytest.raises(ValueError, match="'crop' parameter"):
         train(dataset, "x", TrainConfig(crop=20), store=tmp_path)
+
+
+def test_progress_shows_steps_of_a_total_and_the_budget(dataset: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    """``progress=True`` (what ``python -m app train`` uses): a start line, then a bar per epoch
+    with the epoch's steps done of their total and the time budget left."""
+    cfg = TrainConfig(epochs=2, batch_size=4, patience=2, seed=0, max_minutes=30)
+    train(dataset, "progress-run", cfg, store=tmp_path, progress=True)
+    err = capsys.readouterr().err
+    n_train = len(TileDataset.open(dataset).paths("train")[0])
+    steps = -(-n_train // 4)
+    assert f"up to 2 epochs of {steps} steps, time budget 30 min" in err
+    for epoch in (1, 2):
+        assert f"epoch {epoch}/2: 100%" in err and f" {steps}/{steps} [" in err
+    assert "val_iou" in err and "of 30 min left" in err
