@@ -265,8 +265,9 @@ def _import_umap() -> Any:
 class FittedReducer:
     """A fitted map: the coordinates of the fitted vectors plus the means to place new ones.
 
-    ``params`` holds every parameter used (JSON-serialisable), ``versions`` the library versions,
-    ``diagnostics`` results worth showing (PCA explained variance, t-SNE KL divergence).
+    ``params`` holds every parameter used (JSON-serialisable), ``versions`` the library versions
+    (default: those installed now), ``diagnostics`` results worth showing (PCA explained
+    variance, t-SNE KL divergence).
     ``model`` is the fitted object: a dict of plain arrays for PCA, an ``openTSNE.TSNEEmbedding``
     for t-SNE, a ``umap.UMAP`` for UMAP (any object with ``transform`` for a method registered
     without a transform of its own). ``scaler`` is ``(mean, std)`` when standardised.
@@ -274,9 +275,9 @@ class FittedReducer:
 
     method: str
     n_components: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # at least "n_features" (the fitted vectors' length)
     points: np.ndarray
-    versions: dict[str, str]
+    versions: dict[str, str] = field(default_factory=lambda: _library_versions())
     diagnostics: dict[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
     scaler: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
