@@ -18,9 +18,10 @@ import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn import __version__ as sklearn_version
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import (
@@ -33,9 +34,6 @@ from sklearn.metrics import (
     silhouette_score,
 )
 from sklearn.utils import check_random_state
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
 
 __all__ = [
     "MINIBATCH_THRESHOLD",
@@ -357,8 +355,6 @@ def agreement_table(
 
     ``X`` (optional) is only used to check that the sweep was run on as many rows as ``truth``.
     """
-    import pandas as pd
-
     n = int(sweep.params["n_samples"])
     if X is not None and np.shape(X)[0] != n:
         raise _param_error("X", f"the {n} rows the sweep was fitted on", f"{np.shape(X)[0]} rows")

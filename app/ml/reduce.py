@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.decomposition import PCA, IncrementalPCA
 
 from app import artifacts
 from app.ml import registry
@@ -418,8 +419,6 @@ def _fit(method: str, X: Any, n_components: Any, random_state: Any, params: dict
 def _fit_pca(
     X: np.ndarray, n_components: Any, random_state: int | None, params: dict, common: dict
 ) -> FittedReducer:
-    from sklearn.decomposition import PCA
-
     _unknown_params("pca", params, set())
     n, d = X.shape
     n_components = _check_int("n_components", n_components, 1, min(n, d))
@@ -454,7 +453,7 @@ def _fit_pca(
 def _fit_tsne(
     X: np.ndarray, n_components: Any, random_state: int | None, params: dict, common: dict
 ) -> FittedReducer:
-    import openTSNE
+    import openTSNE  # lazy: seconds to import; only t-SNE fits need it
 
     _unknown_params("tsne", params, set(_TSNE_DEFAULTS))
     n = X.shape[0]
@@ -760,8 +759,6 @@ class StreamingProjector:
                     f"max_memory_bytes={self.max_memory_bytes}. Use method='sparse_random', "
                     "fewer components, or raise max_memory_bytes."
                 )
-            from sklearn.decomposition import IncrementalPCA
-
             self._ipca = IncrementalPCA(n_components=self.n_components, copy=False)
 
     def _ipca_memory_estimate(self) -> int:
