@@ -20,16 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from sklearn import metrics
 from sklearn.cluster import KMeans
-from sklearn.metrics import (
-    accuracy_score,
-    adjusted_rand_score,
-    normalized_mutual_info_score,
-    precision_score,
-    recall_score,
-    silhouette_samples,
-    silhouette_score,
-)
 
 from app import artifacts
 from app.artifacts import THUMB_KINDS, EmbeddingsRun
@@ -117,11 +109,12 @@ def _agreement_rows(labels: np.ndarray, truth: np.ndarray, ks: tuple, sil: list,
             guess[lab == c] = np.bincount(y[lab == c], minlength=len(classes)).argmax()
         rows.append({
             "k": k, "silhouette": sil[i], "inertia": inertia[i],
-            "precision": float(precision_score(y, guess, average="macro", zero_division=0)),
-            "recall": float(recall_score(y, guess, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(y, guess)),
-            "ari": float(adjusted_rand_score(y, lab)),
-            "nmi": float(normalized_mutual_info_score(y, lab)),
+            "precision": float(metrics.precision_score(y, guess, average="macro",
+                                                       zero_division=0)),
+            "recall": float(metrics.recall_score(y, guess, average="macro", zero_division=0)),
+            "accuracy": float(metrics.accuracy_score(y, guess)),
+            "ari": float(metrics.adjusted_rand_score(y, lab)),
+            "nmi": float(metrics.normalized_mutual_info_score(y, lab)),
         })
     return rows
 
@@ -133,7 +126,7 @@ def _sweep(vectors: np.ndarray, seed: int, truths: dict[str, np.ndarray]) -> tup
     for k in SWEEP_K:
         km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
         inertia.append(float(km.inertia_))
-        sil.append(float(silhouette_score(vectors, km.labels_, sample_size=sample,
+        sil.append(float(metrics.silhouette_score(vectors, km.labels_, sample_size=sample,
                                           random_state=seed)))
         labels.append(km.labels_.astype(np.int32))
     stacked = np.stack(labels)
@@ -214,7 +207,7 @@ def make_fixture_run(root: Path, n: int = 300, seed: int = 0, *, run_id: str = F
         "tsne_x": tsne[:, 0].astype(np.float32), "tsne_y": tsne[:, 1].astype(np.float32),
         "umap_x": umap[:, 0].astype(np.float32), "umap_y": umap[:, 1].astype(np.float32),
         "cluster": labels[chosen],
-        "silhouette": silhouette_samples(x, labels[chosen]).astype(np.float32)
+        "silhouette": metrics.silhouette_samples(x, labels[chosen]).astype(np.float32)
         if n <= 5000 else np.full(n, np.nan, np.float32),
     })
     reduced_files = artifacts.write_reduced(out, coords, sweep, labels, {})

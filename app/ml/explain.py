@@ -444,29 +444,21 @@ def _target_extra(target: str, box: object, pixel: object) -> dict[str, Any]:
     return {}
 
 
-def _weighted_cam(
-    method: str,
-    weights_of: Callable[[_Pass], np.ndarray],
-    model: keras.Model,
-    image: object,
-    layer: str,
-    target: str,
-    box: object,
-    pixel: object,
-    threshold: float,
-) -> CamResult:
-    """The CAM methods' shared tail: one target pass, its channel weights, the weighted map."""
+def _weighted_cam(method: str, weights_of: Callable[[_Pass], np.ndarray], model: keras.Model,
+                  image: object, where: dict[str, Any]) -> CamResult:
+    """The CAM methods' shared tail: one target pass (``where``: layer, target, box, pixel,
+    threshold), its channel weights, the weighted map."""
     started = time.perf_counter()
-    p = _target_pass(model, image, layer, target, box, pixel, threshold)
+    p = _target_pass(model, image, **where)
     return _cam_from_weights(
         p,
         weights_of(p),
         method=method,
-        layer=layer,
-        target=target,
-        threshold=float(threshold),
+        layer=where["layer"],
+        target=where["target"],
+        threshold=float(where["threshold"]),
         started=started,
-        extra=_target_extra(target, box, pixel),
+        extra=_target_extra(where["target"], where["box"], where["pixel"]),
     )
 
 
@@ -488,8 +480,8 @@ def seg_grad_cam(
     ``alpha_k = mean_ij d y / d A^k_ij``, ``cam = ReLU(sum_k alpha_k A^k)``, bilinearly
     upsampled; see the module docstring for targets and the empty-map convention.
     """
-    return _weighted_cam("seg-grad-cam", lambda p: p.grads.mean(axis=(0, 1)), model, image,
-                         layer, target, box, pixel, threshold)
+    return _weighted_cam("seg-grad-cam", lambda p: p.grads.mean(axis=(0, 1)), model, image, {
+        "layer": layer, "target": target, "box": box, "pixel": pixel, "threshold": threshold})
 
 
 def grad_cam_pp(
@@ -510,8 +502,8 @@ def grad_cam_pp(
     ``w_k = sum_ij a_ij^k ReLU(g_ij^k)``; the common ``exp(S)`` factor cancels in the
     normalisation. This is the ``grads**2`` / ``grads**3`` form of the authors' code.
     """
-    return _weighted_cam("grad-cam++", _grad_cam_pp_weights, model, image, layer, target, box,
-                         pixel, threshold)
+    return _weighted_cam("grad-cam++", _grad_cam_pp_weights, model, image, {
+        "layer": layer, "target": target, "box": box, "pixel": pixel, "threshold": threshold})
 
 
 def _grad_cam_pp_weights(p: _Pass) -> np.ndarray:
