@@ -2,7 +2,11 @@
 
 Every run directory is written atomically (a temp dir next to it, then a rename), carries a
 ``manifest.json`` with its parameters, library versions and the SHA-256 of its files, and is
-keyed by a run id that is a plain slug (never a path).
+keyed by a run id that is a plain slug (never a path). Reads AND writes go through this module:
+the file names below are its constants (``MANIFEST``, ``VECTORS_FILE``, ``tile_file``...), and
+the writers (``save_model_run``, ``create_vectors``, ``save_tile_image``, ``write_tiles_table``,
+``write_embeddings_manifest``, ``write_reduced``, ``write_files``) are what the pipeline, the
+extractor and the test fixture all call.
 
 model_store/<run>/
     model.keras          Keras 3 archive, loaded with ``safe_mode=True, compile=False``
@@ -35,15 +39,18 @@ embeddings/<run>/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
 import sys
+import threading
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -53,11 +60,66 @@ from app.fsutil import atomic_dir, sha256_file, write_bytes_atomic
 if TYPE_CHECKING:  # pragma: no cover
     import keras
     import pandas as pd
+    from PIL import Image
+
+T = TypeVar("T")
 
 MODEL_FORMAT = "unet-lens-model/1"
 EMBEDDINGS_FORMAT = "unet-lens-embeddings/1"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 THUMB_KINDS = ("thumb", "true", "pred", "overlay", "image")
+
+# --------------------------------------------------------------------------- the path table
+# Every file name of a run, relative to its folder. Nothing else spells them.
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+TILES_FILE = "tiles.parquet"
+VECTORS_FILE = "vectors.npy"
+THUMBS_DIR = "thumbs"
+IMAGES_DIR = "images"
+REDUCED_DIR = "reduced"
+COORDS_FILE = "coords.parquet"  # in REDUCED_DIR
+SWEEP_FILE = "sweep.json"  # in REDUCED_DIR
+LABELS_FILE = "labels.npy"  # in REDUCED_DIR
+REDUCERS_DIR = "reducers"  # in REDUCED_DIR
+#: Files of ``embeddings/<run>/`` whose SHA-256 ``manifest["files"]`` records.
+EMBEDDINGS_HASHED = (VECTORS_FILE, TILES_FILE)
+
+#: kind → (folder, file name suffix) of a tile's image files (see ``tile_file``).
+_TILE_FILES = {
+    "thumb": (THUMBS_DIR, ".jpg"),
+    "true": (THUMBS_DIR, "_true.png"),
+    "pred": (THUMBS_DIR, "_pred.png"),
+    "overlay": (THUMBS_DIR, "_overlay.jpg"),
+    "image": (IMAGES_DIR, ".jpg"),
+}
+#: JPEG qualities (hover thumbnail, overlay, full tile: "JPEG q90") and the PNG compression of
+#: the mask files.
+TILE_SAVE_OPTIONS: dict[str, dict[str, int]] = {
+    "thumb": {"quality": 85},
+    "true": {"compress_level": 1},
+    "pred": {"compress_level": 1},
+    "overlay": {"quality": 90},
+    "image": {"quality": 90},
+}
+
+
+def tile_file(kind: str, tile_id: str) -> str:
+    """The path of a tile's ``kind`` image file relative to its run folder."""
+    folder, suffix = _TILE_FILES[kind]
+    return f"{folder}/{tile_id}{suffix}"
+
+
+def reduced_file(name: str) -> str:
+    """The key of a ``reduced/`` file in ``manifest["reduce"]["files"]`` (its relative path)."""
+    return f"{REDUCED_DIR}/{name}"
+
+
+def reducer_file(name: str) -> str:
+    """The key of a stored reducer file in ``manifest["reduce"]["files"]``."""
+    return f"{REDUCED_DIR}/{REDUCERS_DIR}/{name}"
 
 
 class ArtifactError(RuntimeError):
@@ -125,7 +187,7 @@ def list_runs(root: Path) -> list[str]:
         return []
     return sorted(
         p.name for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").is_file()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
     )
 
 
@@ -153,18 +215,18 @@ def save_model_run(
     """Write ``model_store/<run_id>/`` atomically and return its path."""
     final = model_dir(run_id, store)
     final.parent.mkdir(parents=True, exist_ok=True)
-    import keras
+    import keras  # lazy: TensorFlow/Keras cost seconds; only model writers and loaders need it
 
     with atomic_dir(final) as tmp:
         # An uncompiled copy: no optimizer state in the archive (a third of the size).
         bare = keras.Model(model.inputs, model.outputs, name=model.name)
-        bare.save(tmp / "model.keras")
+        bare.save(tmp / MODEL_FILE)
         if history:
             keys = list(history[0])
             lines = [",".join(keys)] + [
                 ",".join(f"{row.get(k, '')}" for k in keys) for row in history
             ]
-            (tmp / "history.csv").write_text("\n".join(lines) + "\n")
+            (tmp / HISTORY_FILE).write_text("\n".join(lines) + "\n")
         manifest = {
             "format": MODEL_FORMAT,
             "run_id": run_id,
@@ -178,14 +240,14 @@ def save_model_run(
             "metrics": metrics,
             "history": history,
             "versions": versions(),
-            "files": {"model.keras": sha256_file(tmp / "model.keras")},
+            "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / MANIFEST, manifest)
     return final
 
 
 def read_model_manifest(run_id: str, store: Path | None = None) -> dict:
-    path = model_dir(run_id, store) / "manifest.json"
+    path = model_dir(run_id, store) / MANIFEST
     manifest = read_json(path, f"model run {run_id!r}")
     if manifest.get("format") != MODEL_FORMAT:
         raise ArtifactError(
@@ -198,10 +260,10 @@ def read_model_manifest(run_id: str, store: Path | None = None) -> dict:
 def verify_model_file(run_id: str, store: Path | None = None) -> tuple[Path, str]:
     """Check model.keras exists and matches the manifest's SHA-256; return (path, sha)."""
     manifest = read_model_manifest(run_id, store)
-    path = model_dir(run_id, store) / "model.keras"
+    path = model_dir(run_id, store) / MODEL_FILE
     if not path.is_file():
         raise ArtifactError(f"model run {run_id!r}: {path} is missing.")
-    expected = manifest.get("files", {}).get("model.keras")
+    expected = manifest.get("files", {}).get(MODEL_FILE)
     found = sha256_file(path)
     if expected != found:
         raise ArtifactError(
@@ -214,7 +276,7 @@ def verify_model_file(run_id: str, store: Path | None = None) -> tuple[Path, str
 def load_model(run_id: str, store: Path | None = None) -> keras.Model:
     """Load a stored model after checking its hash; ``safe_mode`` on, no compile."""
     path, _ = verify_model_file(run_id, store)
-    import keras
+    import keras  # lazy: see save_model_run
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -231,12 +293,38 @@ def embeddings_dir(run_id: str, root: Path | None = None) -> Path:
 
 @dataclass
 class EmbeddingsRun:
-    """A stored embeddings run, loaded lazily (the vectors are memory-mapped)."""
+    """A stored embeddings run, loaded lazily (the vectors are memory-mapped).
+
+    ``memo(key, compute)`` keeps what callers derive from the run (fitted reducers, re-clustered
+    labels, a feature model) for as long as the run object lives, so a reloaded run never
+    serves results of the files it replaced.
+    """
 
     run_id: str
     path: Path
     manifest: dict
-    _cache: dict = field(default_factory=dict, repr=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    _memo_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """The value stored under ``key``, or ``compute()`` stored there (computed once even
+        when threads ask at the same time; a failed compute stores nothing)."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        with self._memo_lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
+
+    def memoized(self, key: Hashable) -> bool:
+        """Whether ``memo`` holds a value for ``key``."""
+        return key in self._memo
+
+    def forget(self, key: Hashable) -> None:
+        """Drop the value ``memo`` holds for ``key`` (if any)."""
+        self._memo.pop(key, None)
 
     @classmethod
     def open(
@@ -248,10 +336,10 @@ class EmbeddingsRun:
         check_model: bool = True,
     ) -> EmbeddingsRun:
         path = embeddings_dir(run_id, root)
-        manifest = read_json(path / "manifest.json", f"embeddings run {run_id!r}")
+        manifest = read_json(path / MANIFEST, f"embeddings run {run_id!r}")
         if manifest.get("format") != EMBEDDINGS_FORMAT:
             raise ArtifactError(
-                f"embeddings run {run_id!r}: {path / 'manifest.json'} has format "
+                f"embeddings run {run_id!r}: {path / MANIFEST} has format "
                 f"{manifest.get('format')!r}, expected {EMBEDDINGS_FORMAT!r}."
             )
         if check_model:
@@ -276,10 +364,10 @@ class EmbeddingsRun:
     @cached_property
     def tiles(self) -> pd.DataFrame:
         """tiles.parquet joined with reduced/coords.parquet (when reduce has run)."""
-        import pandas as pd
+        import pandas as pd  # lazy: see _read_parquet
 
-        table = _read_parquet(self.path / "tiles.parquet", self.run_id)
-        coords_path = self.path / "reduced" / "coords.parquet"
+        table = _read_parquet(self.path / TILES_FILE, self.run_id)
+        coords_path = self.path / REDUCED_DIR / COORDS_FILE
         if coords_path.is_file():
             coords = _read_parquet(coords_path, self.run_id)
             if len(coords) != len(table) or not (
@@ -299,7 +387,7 @@ class EmbeddingsRun:
 
     @cached_property
     def vectors(self) -> np.ndarray:
-        path = self.path / "vectors.npy"
+        path = self.path / VECTORS_FILE
         if not path.is_file():
             raise ArtifactError(f"embeddings run {self.run_id!r}: {path} is missing.")
         try:
@@ -315,12 +403,12 @@ class EmbeddingsRun:
 
     @cached_property
     def sweep(self) -> dict | None:
-        path = self.path / "reduced" / "sweep.json"
+        path = self.path / REDUCED_DIR / SWEEP_FILE
         return read_json(path, f"embeddings run {self.run_id!r}") if path.is_file() else None
 
     @cached_property
     def sweep_labels(self) -> np.ndarray | None:
-        path = self.path / "reduced" / "labels.npy"
+        path = self.path / REDUCED_DIR / LABELS_FILE
         if not path.is_file():
             return None
         return np.load(path, allow_pickle=False)
@@ -329,22 +417,34 @@ class EmbeddingsRun:
         """The stored image file for a tile id, or None for an unknown id or kind."""
         if kind not in THUMB_KINDS or tile_id not in self.index:
             return None
-        if kind == "image":
-            path = self.path / "images" / f"{tile_id}.jpg"
-        elif kind == "thumb":
-            path = self.path / "thumbs" / f"{tile_id}.jpg"
-        elif kind == "overlay":
-            path = self.path / "thumbs" / f"{tile_id}_overlay.jpg"
-        else:
-            path = self.path / "thumbs" / f"{tile_id}_{kind}.png"
+        path = self.path / tile_file(kind, tile_id)
         return path if path.is_file() else None
 
     def reducer_dir(self) -> Path:
-        return self.path / "reduced" / "reducers"
+        return self.path / REDUCED_DIR / REDUCERS_DIR
+
+    def reduce_info(self) -> dict:
+        """``manifest["reduce"]``, or an ArtifactError that says to run ``reduce`` first."""
+        info = self.manifest.get("reduce")
+        if not info:
+            raise ArtifactError(
+                f"embeddings run {self.run_id!r} has no maps yet. Run `python -m app reduce "
+                f"{self.run_id}`."
+            )
+        return info
+
+    def vectors_float32(self, chunk_rows: int = 4096) -> np.ndarray:
+        """The vectors as float32 in memory, cast chunk by chunk from the memory-mapped file
+        (bounded extra memory for huge float16 runs)."""
+        src = self.vectors
+        out = np.empty(src.shape, dtype=np.float32)
+        for start in range(0, src.shape[0], chunk_rows):
+            out[start:start + chunk_rows] = src[start:start + chunk_rows]
+        return out
 
 
 def _read_parquet(path: Path, run_id: str) -> pd.DataFrame:
-    import pandas as pd
+    import pandas as pd  # lazy: pandas costs ~0.3 s and most importers only need the paths
 
     if not path.is_file():
         raise ArtifactError(f"embeddings run {run_id!r}: {path} is missing.")
@@ -356,20 +456,166 @@ def _read_parquet(path: Path, run_id: str) -> pd.DataFrame:
         ) from exc
 
 
+# --------------------------------------------------------------------------- embeddings writers
+
+
+def create_vectors(run_dir: Path, n: int, dims: int, dtype: str) -> np.ndarray:
+    """A writable (n, dims) memory map of ``vectors.npy`` in ``run_dir`` (filled row by row, so
+    memory stays bounded whatever the number of tiles); ``flush()`` it when done."""
+    return np.lib.format.open_memmap(Path(run_dir) / VECTORS_FILE, mode="w+",
+                                     dtype=np.dtype(dtype), shape=(int(n), int(dims)))
+
+
+def write_vectors(run_dir: Path, vectors: np.ndarray) -> None:
+    """``vectors.npy`` of a run written in one go (small runs, the test fixture)."""
+    np.save(Path(run_dir) / VECTORS_FILE, np.asarray(vectors), allow_pickle=False)
+
+
+def write_tiles_table(run_dir: Path, table: pd.DataFrame) -> None:
+    """``tiles.parquet``: one row per tile, row i = vectors row i."""
+    table.to_parquet(Path(run_dir) / TILES_FILE, index=False)
+
+
+def make_tile_dirs(run_dir: Path) -> None:
+    """The folders ``save_tile_image`` writes into."""
+    for folder in (THUMBS_DIR, IMAGES_DIR):
+        (Path(run_dir) / folder).mkdir(parents=True, exist_ok=True)
+
+
+def save_tile_image(run_dir: Path, kind: str, tile_id: str, image: Image.Image) -> None:
+    """Save one of a tile's image files (``kind`` of ``THUMB_KINDS``) where ``file_for`` finds
+    it, with the format's JPEG quality / PNG compression."""
+    image.save(Path(run_dir) / tile_file(kind, tile_id), **TILE_SAVE_OPTIONS[kind])
+
+
+def hash_files(folder: Path, names: tuple[str, ...] = EMBEDDINGS_HASHED) -> dict[str, str]:
+    """``{name: sha256}`` of files in ``folder`` (the manifest's ``files``)."""
+    return {name: sha256_file(Path(folder) / name) for name in names}
+
+
+def write_embeddings_manifest(run_dir: Path, manifest: dict) -> None:
+    """``manifest.json`` of an embeddings run (``format`` is filled in when missing)."""
+    write_json(Path(run_dir) / MANIFEST, {"format": EMBEDDINGS_FORMAT, **manifest})
+
+
+def write_files(folder: Path, payloads: Mapping[str, bytes]) -> dict[str, str]:
+    """Write each ``name → bytes`` atomically into ``folder``; return ``{name: sha256}`` of the
+    bytes written (what a reader later checks before parsing them)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for name, data in payloads.items():
+        hashes[name] = hashlib.sha256(data).hexdigest()
+        write_bytes_atomic(folder / name, data)
+    return hashes
+
+
+def read_verified_files(
+    folder: Path, expected_sha256: Mapping[str, str], names: tuple[str, ...], hint: str
+) -> dict[str, bytes]:
+    """The bytes of each file of ``names`` in ``folder``, read once and compared with
+    ``expected_sha256`` BEFORE anyone parses them (the bytes hashed are the bytes returned).
+    Raises ``ArtifactError`` (with ``hint`` appended) for a missing, unlisted or changed file."""
+    folder = Path(folder)
+    blobs: dict[str, bytes] = {}
+    for name in names:
+        path = folder / name
+        expected = (expected_sha256 or {}).get(name)
+        if not expected:
+            raise ArtifactError(
+                f"no expected SHA-256 for {name} (the manifest does not list it); {hint}")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"missing file {path}; {hint}") from None
+        except OSError as exc:
+            raise ArtifactError(f"could not load {path}: {exc}; {hint}") from exc
+        found = hashlib.sha256(data).hexdigest()
+        if found != expected.strip().lower():
+            raise ArtifactError(
+                f"SHA-256 mismatch for {path}: expected {expected}, found {found}; the file was "
+                f"changed or corrupted after it was written; {hint}"
+            )
+        blobs[name] = data
+    return blobs
+
+
+def write_reduced(
+    run_dir: Path,
+    coords: pd.DataFrame,
+    sweep: dict,
+    labels: np.ndarray,
+    reducer_payloads: Mapping[str, Mapping[str, bytes]],
+) -> dict[str, str]:
+    """Write ``reduced/`` of the run in ``run_dir`` atomically (coords, sweep, K-means labels
+    of every k, and each method's fitted reducer files, ``{method: {name: bytes}}``); return
+    ``manifest["reduce"]["files"]`` (relative path → sha256)."""
+    with atomic_dir(Path(run_dir) / REDUCED_DIR) as tmp:
+        coords.to_parquet(tmp / COORDS_FILE, index=False)
+        write_json(tmp / SWEEP_FILE, sweep)
+        np.save(tmp / LABELS_FILE, np.asarray(labels, dtype=np.int32), allow_pickle=False)
+        files = {reduced_file(name): sha256_file(tmp / name)
+                 for name in (COORDS_FILE, SWEEP_FILE, LABELS_FILE)}
+        for payloads in reducer_payloads.values():
+            for name, sha in write_files(tmp / REDUCERS_DIR, payloads).items():
+                files[reducer_file(name)] = sha
+    return files
+
+
+def update_embeddings_manifest(run: EmbeddingsRun, **entries: Any) -> dict:
+    """Re-read the run's manifest, set ``entries`` in it, write it back; return it."""
+    path = run.path / MANIFEST
+    manifest = read_json(path, f"embeddings run {run.run_id!r}")
+    manifest.update(entries)
+    write_json(path, manifest)
+    return manifest
+
+
 __all__ = [
+    "COORDS_FILE",
+    "EMBEDDINGS_FORMAT",
+    "EMBEDDINGS_HASHED",
+    "HISTORY_FILE",
+    "IMAGES_DIR",
+    "LABELS_FILE",
+    "MANIFEST",
+    "MODEL_FILE",
+    "MODEL_FORMAT",
+    "REDUCED_DIR",
+    "REDUCERS_DIR",
+    "SWEEP_FILE",
+    "THUMBS_DIR",
+    "THUMB_KINDS",
+    "TILES_FILE",
+    "TILE_SAVE_OPTIONS",
+    "VECTORS_FILE",
     "ArtifactError",
     "EmbeddingsRun",
     "atomic_dir",
+    "create_vectors",
     "embeddings_dir",
+    "hash_files",
     "list_runs",
     "load_model",
+    "make_tile_dirs",
     "model_dir",
     "read_json",
     "read_model_manifest",
+    "read_verified_files",
+    "reduced_file",
+    "reducer_file",
     "save_model_run",
+    "save_tile_image",
     "sha256_file",
+    "tile_file",
+    "update_embeddings_manifest",
     "validate_run_id",
     "verify_model_file",
     "versions",
+    "write_embeddings_manifest",
+    "write_files",
     "write_json",
+    "write_reduced",
+    "write_tiles_table",
+    "write_vectors",
 ]

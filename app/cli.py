@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app import config
+from app import artifacts, config
+from app.ml import registry
 
 
 def _source_scenes(args: argparse.Namespace, report):
@@ -53,9 +54,7 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
         scenes, out, name=args.name, source=args.source, tile_size=args.tile_size,
         overlap=args.overlap, seed=args.seed, report=report, params=params, total=total,
     )
-    import json
-
-    counts = json.loads((path / "manifest.json").read_text())["counts"]
+    counts = artifacts.read_json(path / artifacts.MANIFEST, f"dataset {path}")["counts"]
     print(
         f"dataset written to {path}: {counts['scenes']} scenes, {counts['tiles']} tiles "
         f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
@@ -154,7 +153,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
     ))
     cmd_reduce(ns(
-        run_id=config.DEMO_EMBEDDINGS_RUN, methods=["pca", "tsne", "umap"], k_min=2, k_max=10,
+        run_id=config.DEMO_EMBEDDINGS_RUN, methods=list(registry.reducer_names()), k_min=2,
+        k_max=10,
         k=None, seed=args.seed,
     ))
     return 0
@@ -254,8 +254,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from app import artifacts
-
     print("model runs:", ", ".join(artifacts.list_runs(config.MODEL_STORE)) or "(none)")
     print("embeddings runs:", ", ".join(artifacts.list_runs(config.EMBEDDINGS_DIR)) or "(none)")
     return 0
@@ -313,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reduce", help="PCA / t-SNE / UMAP maps and a K-means sweep of a run")
     p.add_argument("run_id")
-    p.add_argument("--methods", nargs="+", default=["pca", "tsne", "umap"])
+    p.add_argument("--methods", nargs="+", default=list(registry.reducer_names()),
+                   choices=registry.reducer_names(), help="map methods (default: all)")
     p.add_argument("--k-min", type=int, default=2)
     p.add_argument("--k-max", type=int, default=10)
     p.add_argument("--k", type=int, default=None, help="chosen k (default: best silhouette)")

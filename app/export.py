@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from app import artifacts
 from app.fsutil import atomic_dir
@@ -76,6 +77,7 @@ def _check_out(out: Path, overwrite: bool) -> Path:
 
 def serving_module(model: keras.Model, layer: str = BOTTLENECK_LAYER) -> Any:
     """A ``tf.Module`` whose ``serve`` function is the ``serving_default`` signature."""
+    # lazy: TensorFlow costs seconds; ``export projector`` never needs it
     import keras
     import tensorflow as tf
 
@@ -116,7 +118,7 @@ def export_savedmodel(model_run: str, out: Path, *, store: Path | None = None,
     if BOTTLENECK_LAYER not in {layer.name for layer in model.layers}:
         raise artifacts.ArtifactError(
             f"model run {model_run!r} has no {BOTTLENECK_LAYER!r} layer to export.")
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: see serving_module
 
     module = serving_module(model)
     with atomic_dir(out) as tmp:
@@ -163,8 +165,6 @@ def _clean_cell(value: Any) -> str:
 
 def _write_sprite(run: artifacts.EmbeddingsRun, ids: list[str], path: Path) -> int:
     """Paste every tile's thumbnail (grey when missing) into a square grid; returns the cell side."""
-    from PIL import Image
-
     first = next((p for p in (run.file_for("thumb", t) for t in ids[:50]) if p is not None), None)
     thumb = 64
     if first is not None:

@@ -1,13 +1,16 @@
-"""Orchestration behind ``python -m app embed`` / ``reduce`` and the dashboard's run helpers.
+"""Orchestration behind ``python -m app embed`` / ``reduce``: the offline steps that write a run.
 
 - :func:`run_embed`: stored model + tile dataset → ``embeddings/<run>/`` (vectors, tile table
   with per-tile metrics, thumbnails, manifest), written atomically: an interrupted run leaves
   the previous one intact.
-- :func:`run_reduce`: an embeddings run → ``reduced/`` (PCA / t-SNE / UMAP maps, K-means sweep,
-  per-tile silhouettes, cluster-label agreement, fitted reducers) and ``manifest["reduce"]``.
-  Reads only ``vectors.npy`` and ``tiles.parquet``: never re-runs the network.
-- :func:`recluster`, :func:`place_new`, :func:`embed_for_run`: what the dashboard needs to
-  recolour by another k and to place an uploaded image on the stored maps.
+- :func:`run_reduce`: an embeddings run → ``reduced/`` (one map per registered method of
+  ``app.ml.registry``, K-means sweep, per-tile silhouettes, cluster-label agreement, fitted
+  reducers) and ``manifest["reduce"]``. Reads only ``vectors.npy`` and ``tiles.parquet``: never
+  re-runs the network.
+
+What a live request needs from a run (embed one image, place it, re-cluster) is in
+``app.ml.apply``; nothing in ``app.ml`` or ``app.web`` imports this module. Every file is
+written through ``app.artifacts``.
 
 Decisions:
 
@@ -15,7 +18,7 @@ Decisions:
   is its first two columns and ``pca_z`` comes for free. UMAP 3-D is a second, full UMAP fit
   (about as long as the 2-D one); only its coordinates are kept (``umap_z`` with ``umap_x``,
   ``umap_y`` still from the 2-D map), not its reducer, so uploads are placed in 2-D only.
-  t-SNE stays 2-D.
+  t-SNE stays 2-D. (The registry's ``map_3d`` says which method does what.)
 - K-means and silhouettes run on the stored vectors themselves (not on a 2-D map).
 - k values the run is too small for (k > n_tiles - 1) are dropped and recorded.
 - Cluster agreement is computed for every per-tile label of :func:`app.ml.extract.tile_labels`
@@ -31,15 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
 from app import artifacts
-from app.artifacts import ArtifactError, EmbeddingsRun
-from app.fsutil import atomic_dir, sha256_file
-
-REDUCE_METHODS: tuple[str, ...] = ("pca", "tsne", "umap")
-#: Rows of vectors cast to float32 at a time (bounded memory for huge runs).
-_CHUNK_ROWS = 4096
-
+from app.artifacts import EmbeddingsRun
+from app.data.dataset import TileDataset
+from app.fsutil import atomic_dir
+from app.ml import registry
+from app.ml.cluster import agreement_table, kmeans_sweep, silhouette_per_sample, validate_k
+from app.ml.extract import extract_embeddings, tile_id_filter, tile_labels
+from app.ml.reduce import FittedReducer, fit_reducer, reducer_payloads
 
 # --------------------------------------------------------------------------- embed
 
@@ -63,9 +68,6 @@ def run_embed(
     ``extract_kwargs`` go to :func:`app.ml.extract.extract_embeddings` (batch_size,
     projection_dims, projection, random_state, dtype, thumb_size, threshold, progress).
     """
-    from app.data.dataset import TileDataset
-    from app.ml.extract import extract_embeddings, tile_id_filter
-
     artifacts.validate_run_id(run_id)
     final = artifacts.embeddings_dir(run_id, embeddings_root)
     _, model_sha = artifacts.verify_model_file(model_run, model_store)
@@ -85,7 +87,6 @@ def run_embed(
         seconds = time.perf_counter() - start
         chosen = dataset.table.set_index("tile_id").loc[tile_ids]
         manifest = {
-            "format": artifacts.EMBEDDINGS_FORMAT,
             "run_id": run_id,
             "created": artifacts.now_iso(),
             "model_run": model_run,
@@ -111,35 +112,94 @@ def run_embed(
                 "limit": limit,
             },
             "versions": artifacts.versions(),
-            "files": {
-                name: sha256_file(tmp / name) for name in ("vectors.npy", "tiles.parquet")
-            },
+            "files": artifacts.hash_files(tmp),
             "timing": {
                 "seconds": round(seconds, 3),
                 "tiles_per_s": round(summary["n_tiles"] / seconds, 3),
                 "extract_seconds": summary["timing"]["seconds"],
             },
         }
-        artifacts.write_json(tmp / "manifest.json", manifest)
+        artifacts.write_embeddings_manifest(tmp, manifest)
     return final
 
 
 # --------------------------------------------------------------------------- reduce
 
 
-def load_vectors(run: EmbeddingsRun, chunk_rows: int = _CHUNK_ROWS) -> np.ndarray:
-    """The run's vectors as float32, cast chunk by chunk from the memory-mapped file."""
-    src = run.vectors
-    out = np.empty(src.shape, dtype=np.float32)
-    for start in range(0, src.shape[0], chunk_rows):
-        out[start:start + chunk_rows] = src[start:start + chunk_rows]
-    return out
+def _check_methods(methods: Iterable[str]) -> tuple[str, ...]:
+    methods = tuple(methods)
+    known = registry.reducer_names()
+    bad = [m for m in methods if m not in known]
+    if not methods or bad or len(set(methods)) != len(methods):
+        raise ValueError(
+            f"The 'methods' parameter must list distinct methods of {list(known)}. "
+            f"Got {list(methods)!r} instead."
+        )
+    return methods
+
+
+def _map_steps(methods: tuple[str, ...], also_3d: bool) -> list[tuple[str, bool]]:
+    """(method, third axis?) in fitting order: every map, then the "refit" 3-D ones."""
+    refit_3d = [m for m in methods if also_3d and registry.reducer(m).map_3d == "refit"]
+    return [(m, False) for m in methods] + [(m, True) for m in refit_3d]
+
+
+def _fit_maps(
+    X: np.ndarray, steps: list[tuple[str, bool]], *, also_3d: bool, random_state: int,
+    method_params: dict[str, dict], bar: Any,
+) -> tuple[dict[str, np.ndarray], dict[str, FittedReducer], dict[str, Any], dict[str, float]]:
+    """Fit every map of ``steps``: coordinate columns ``<method>_x/_y[/_z]``, the reducers to
+    store, diagnostics and seconds per step."""
+    coords: dict[str, np.ndarray] = {}
+    reducers: dict[str, FittedReducer] = {}
+    diagnostics: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for method, third_axis in steps:
+        spec = registry.reducer(method)
+        step = f"{method}3d" if third_axis else method
+        bar.set_postfix_str(step)
+        t0 = time.perf_counter()
+        params = {**spec.pipeline_params, **method_params.get(method, {})}
+        if third_axis:
+            three = fit_reducer(method, X, n_components=3, random_state=random_state, **params)
+            coords[f"{method}_z"] = three.points[:, 2]
+            diagnostics[step] = {"params": three.params}
+        else:
+            if spec.map_3d == "nested":
+                dims = 3 if also_3d and min(X.shape) >= 3 else 2
+                n_components = min(dims, *X.shape)
+            else:
+                n_components = 2
+            reducer = fit_reducer(method, X, n_components=n_components,
+                                  random_state=random_state, **params)
+            for j, axis in enumerate("xyz"[: reducer.n_components]):
+                coords[f"{method}_{axis}"] = reducer.points[:, j]
+            reducers[method] = reducer
+            diagnostics[method] = reducer.diagnostics
+        timings[step] = round(time.perf_counter() - t0, 3)
+        bar.update(1)
+    return coords, reducers, diagnostics, timings
+
+
+def _agreement(sweep: Any, truths: dict[str, np.ndarray],
+               X: np.ndarray) -> tuple[dict[str, list[dict]], list[str]]:
+    """Cluster-label agreement rows per label with >= 2 known classes; the labels skipped."""
+    agreement: dict[str, list[dict]] = {}
+    skipped: list[str] = []
+    for name, truth in truths.items():
+        known = {v for v in truth if v != "unknown"}
+        if len(known) < 2:
+            skipped.append(name)
+            continue
+        rows = agreement_table(sweep, truth, X, exclude=("unknown",))
+        agreement[name] = json.loads(rows.to_json(orient="records"))
+    return agreement, skipped
 
 
 def run_reduce(
     run_id: str,
     *,
-    methods: Iterable[str] = REDUCE_METHODS,
+    methods: Iterable[str] | None = None,
     n_components: int = 2,
     also_3d: bool = True,
     k_values: Iterable[int] = range(2, 11),
@@ -147,6 +207,7 @@ def run_reduce(
     random_state: int = 0,
     tsne_params: dict | None = None,
     umap_params: dict | None = None,
+    method_params: dict[str, dict] | None = None,
     embeddings_root: Path | None = None,
     model_store: Path | None = None,
     check_model: bool = False,
@@ -155,23 +216,14 @@ def run_reduce(
     """Fit the maps and the K-means sweep of embeddings run ``run_id``; write ``reduced/``
     atomically, then ``manifest["reduce"]``; return the ``reduced/`` folder.
 
-    ``k`` is the chosen number of clusters (default: the sweep's best silhouette); it is added to
-    the sweep when missing from ``k_values``. ``check_model`` re-checks the model's hash (off by
-    default: reduce never touches the network).
+    ``methods`` default to every registered map method. ``method_params`` (method → keyword
+    parameters; ``tsne_params`` / ``umap_params`` are the same for those two) go to the
+    method's fit over its registry ``pipeline_params``. ``k`` is the chosen number of clusters
+    (default: the sweep's best silhouette); it is added to the sweep when missing from
+    ``k_values``. ``check_model`` re-checks the model's hash (off by default: reduce never
+    touches the network).
     """
-    from tqdm.auto import tqdm
-
-    from app.ml.cluster import agreement_table, kmeans_sweep, silhouette_per_sample, validate_k
-    from app.ml.extract import tile_labels
-    from app.ml.reduce import fit_reducer, save_reducer
-
-    methods = tuple(methods)
-    bad = [m for m in methods if m not in REDUCE_METHODS]
-    if not methods or bad or len(set(methods)) != len(methods):
-        raise ValueError(
-            f"The 'methods' parameter must list distinct methods of {list(REDUCE_METHODS)}. "
-            f"Got {list(methods)!r} instead."
-        )
+    methods = _check_methods(registry.reducer_names() if methods is None else methods)
     if n_components != 2:
         raise ValueError(
             "The 'n_components' parameter must be 2 (the dashboard's maps; 3-D coordinates come "
@@ -181,7 +233,7 @@ def run_reduce(
                              check_model=check_model)
     table = run.tiles
     n = len(table)
-    X = load_vectors(run)
+    X = run.vectors_float32()
     ks = sorted({validate_k(v) for v in k_values} | ({validate_k(k)} if k is not None else set()))
     dropped = [v for v in ks if v > n - 1]
     ks = [v for v in ks if v <= n - 1]
@@ -192,45 +244,21 @@ def run_reduce(
         )
     tsne_params = dict(tsne_params or {})
     umap_params = dict(umap_params or {})
+    per_method = {"tsne": tsne_params, "umap": umap_params, **(method_params or {})}
 
     started = time.perf_counter()
-    coords: dict[str, np.ndarray] = {"tile_id": table["tile_id"].to_numpy()}
-    reducers = {}
-    timings: dict[str, float] = {}
-    diagnostics: dict[str, Any] = {}
-    steps = [*methods, *(["umap3d"] if also_3d and "umap" in methods else []), "kmeans"]
-    bar = tqdm(steps, desc=f"reduce {run_id}", unit="step", disable=not progress)
-    for step in bar:
-        bar.set_postfix_str(step)
+    steps = _map_steps(methods, also_3d)
+    with tqdm(total=len(steps) + 1, desc=f"reduce {run_id}", unit="step",
+              disable=not progress) as bar:
+        maps, reducers, diagnostics, timings = _fit_maps(
+            X, steps, also_3d=also_3d, random_state=random_state, method_params=per_method,
+            bar=bar,
+        )
+        bar.set_postfix_str("kmeans")
         t0 = time.perf_counter()
-        if step == "pca":
-            dims = 3 if also_3d and min(X.shape) >= 3 else 2
-            reducer = fit_reducer("pca", X, n_components=min(dims, *X.shape),
-                                  random_state=random_state)
-            for j, axis in enumerate("xyz"[: reducer.n_components]):
-                coords[f"pca_{axis}"] = reducer.points[:, j]
-        elif step == "tsne":
-            reducer = fit_reducer("tsne", X, n_components=2, random_state=random_state,
-                                  **tsne_params)
-            coords["tsne_x"], coords["tsne_y"] = reducer.points[:, 0], reducer.points[:, 1]
-        elif step == "umap":
-            reducer = fit_reducer("umap", X, n_components=2, random_state=random_state,
-                                  **umap_params)
-            coords["umap_x"], coords["umap_y"] = reducer.points[:, 0], reducer.points[:, 1]
-        elif step == "umap3d":
-            three = fit_reducer("umap", X, n_components=3, random_state=random_state,
-                                **umap_params)
-            coords["umap_z"] = three.points[:, 2]
-            diagnostics["umap3d"] = {"params": three.params}
-            reducer = None
-        else:
-            sweep = kmeans_sweep(X, ks, random_state=random_state)
-            reducer = None
-        if reducer is not None:
-            reducers[step] = reducer
-            diagnostics[step] = reducer.diagnostics
-        timings[step] = round(time.perf_counter() - t0, 3)
-    bar.close()
+        sweep = kmeans_sweep(X, ks, random_state=random_state)
+        timings["kmeans"] = round(time.perf_counter() - t0, 3)
+        bar.update(1)
 
     chosen_k = k if k is not None else sweep.best_k if sweep.best_k is not None else ks[0]
     labels = sweep.labels[chosen_k]
@@ -240,25 +268,17 @@ def run_reduce(
                                            random_state=random_state)
     except ValueError:  # a degenerate clustering (one cluster): silhouette undefined
         silhouette = np.full(n, np.nan)
-    coords["cluster"] = labels.astype(np.int32)
-    coords["silhouette"] = silhouette.astype(np.float32)
 
     truths = tile_labels(table)
-    agreement: dict[str, list[dict]] = {}
-    skipped_labels: list[str] = []
-    for name, truth in truths.items():
-        known = {v for v in truth if v != "unknown"}
-        if len(known) < 2:
-            skipped_labels.append(name)
-            continue
-        rows = agreement_table(sweep, truth, X, exclude=("unknown",))
-        agreement[name] = json.loads(rows.to_json(orient="records"))
+    agreement, skipped_labels = _agreement(sweep, truths, X)
 
-    import pandas as pd
-
-    order = ["tile_id", "pca_x", "pca_y", "pca_z", "tsne_x", "tsne_y", "umap_x", "umap_y",
-             "umap_z", "cluster", "silhouette"]
-    coords_df = pd.DataFrame({c: coords[c] for c in order if c in coords})
+    # Columns in registry order: pca_x, pca_y, pca_z, tsne_x, tsne_y, umap_x, umap_y, umap_z...
+    columns = {"tile_id": table["tile_id"].to_numpy()}
+    for method in registry.reducer_names():
+        columns.update({c: maps[c] for c in (f"{method}_{a}" for a in "xyz") if c in maps})
+    columns["cluster"] = labels.astype(np.int32)
+    columns["silhouette"] = silhouette.astype(np.float32)
+    coords_df = pd.DataFrame(columns)
     params = {
         "methods": list(methods),
         "n_components": n_components,
@@ -273,8 +293,10 @@ def run_reduce(
         "kmeans": sweep.params,
         "n_tiles": n,
         "dims": int(X.shape[1]),
-        "vectors_sha256": run.manifest.get("files", {}).get("vectors.npy"),
+        "vectors_sha256": run.manifest.get("files", {}).get(artifacts.VECTORS_FILE),
     }
+    if method_params:
+        params["method_params"] = method_params
     sweep_doc = {
         **sweep.to_dict(),
         "chosen_k": int(chosen_k),
@@ -286,21 +308,11 @@ def run_reduce(
         "diagnostics": diagnostics,
         "timing": timings,
     }
-    final = run.path / "reduced"
-    with atomic_dir(final) as tmp:
-        coords_df.to_parquet(tmp / "coords.parquet", index=False)
-        artifacts.write_json(tmp / "sweep.json", sweep_doc)
-        np.save(tmp / "labels.npy", np.stack([sweep.labels[v] for v in sweep.k]).astype(np.int32),
-                allow_pickle=False)
-        files = {
-            f"reduced/{name}": sha256_file(tmp / name)
-            for name in ("coords.parquet", "sweep.json", "labels.npy")
-        }
-        for reducer in reducers.values():
-            for name, sha in save_reducer(reducer, tmp / "reducers").items():
-                files[f"reduced/reducers/{name}"] = sha
-    manifest = artifacts.read_json(run.path / "manifest.json", f"embeddings run {run_id!r}")
-    manifest["reduce"] = {
+    files = artifacts.write_reduced(
+        run.path, coords_df, sweep_doc, np.stack([sweep.labels[v] for v in sweep.k]),
+        {m: reducer_payloads(r) for m, r in reducers.items()},
+    )
+    artifacts.update_embeddings_manifest(run, reduce={
         "params": params,
         "files": files,
         "created": artifacts.now_iso(),
@@ -308,133 +320,8 @@ def run_reduce(
         "chosen_k": int(chosen_k),
         "best_k": sweep.best_k,
         "timing": {"seconds": round(time.perf_counter() - started, 3), **timings},
-    }
-    artifacts.write_json(run.path / "manifest.json", manifest)
-    return final
+    })
+    return run.path / artifacts.REDUCED_DIR
 
 
-# --------------------------------------------------------------------------- dashboard helpers
-
-
-def _reduce_info(run: EmbeddingsRun) -> dict:
-    info = run.manifest.get("reduce")
-    if not info:
-        raise ArtifactError(
-            f"embeddings run {run.run_id!r} has no maps yet. Run `python -m app reduce "
-            f"{run.run_id}`."
-        )
-    return info
-
-
-def recluster(run: EmbeddingsRun, k: int) -> np.ndarray:
-    """Cluster labels (n_tiles,) int32 for ``k``: the stored sweep's when k was swept, else a
-    K-means fit like the sweep's (same algorithm, seed and n_init). Results are cached per run."""
-    from app.ml.cluster import validate_k
-
-    k = validate_k(k)
-    sweep = run.sweep
-    if sweep is not None and run.sweep_labels is not None and k in sweep.get("k", []):
-        return np.asarray(run.sweep_labels[sweep["k"].index(k)], dtype=np.int32)
-    cache = run._cache.setdefault("recluster", {})
-    if k not in cache:
-        kparams = (sweep or {}).get("params", {})
-        info = run.manifest.get("reduce") or {}
-        random_state = kparams.get("random_state", info.get("params", {}).get("random_state", 0))
-        X = load_vectors(run)
-        if k > X.shape[0] - 1:
-            raise ValueError(f"The 'k' parameter must be <= {X.shape[0] - 1} for this run. "
-                             f"Got {k!r} instead.")
-        n_init = kparams.get("n_init", "auto")
-        if kparams.get("algorithm") == "minibatch_kmeans":
-            from sklearn.cluster import MiniBatchKMeans
-
-            model = MiniBatchKMeans(n_clusters=k, random_state=random_state, n_init=n_init,
-                                    batch_size=kparams.get("batch_size") or 4096)
-        else:
-            from sklearn.cluster import KMeans
-
-            model = KMeans(n_clusters=k, random_state=random_state, n_init=n_init)
-        cache[k] = model.fit(X).labels_.astype(np.int32)
-    return cache[k]
-
-
-def load_reducers(run: EmbeddingsRun) -> dict:
-    """The run's fitted reducers (method → FittedReducer), hash-checked, loaded once per run."""
-    from app.ml.reduce import load_reducer, reducer_files
-
-    if "reducers" not in run._cache:
-        info = _reduce_info(run)
-        files = info.get("files", {})
-        out = {}
-        for method in info["params"]["methods"]:
-            expected = {name: files.get(f"reduced/reducers/{name}")
-                        for name in reducer_files(method)}
-            out[method] = load_reducer(run.reducer_dir(), method, expected, run=run.run_id)
-        run._cache["reducers"] = out
-    return run._cache["reducers"]
-
-
-def place_new(run: EmbeddingsRun, vector: np.ndarray) -> dict[str, tuple[float, ...]]:
-    """Coordinates of a new vector on each stored map: method → (x, y[, z for PCA])."""
-    vec = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-    dims = int(run.manifest.get("counts", {}).get("dims", vec.shape[1]))
-    if vec.shape[1] != dims:
-        raise ValueError(f"The 'vector' parameter must have {dims} values (this run's "
-                         f"representation). Got {vec.shape[1]} instead.")
-    return {
-        method: tuple(float(v) for v in reducer.transform(vec)[0])
-        for method, reducer in load_reducers(run).items()
-    }
-
-
-def embed_for_run(
-    run: EmbeddingsRun, model: Any, image: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(vector (dims,), probability map (H, W)) of one (H, W, 3) image, computed exactly as the
-    run's tiles were (layer, representation, projection). ``model`` must be the run's model;
-    flatten runs need an image of the run's tile size."""
-    from app.ml.extract import embed_images, feature_model, make_projector
-
-    representation = run.manifest.get("representation", "gap")
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"The 'image' parameter must be (H, W, 3). Got {image.shape} instead.")
-    projector = None
-    if representation == "flatten":
-        sizes = sorted({int(v) for v in run.tiles["size"]})
-        if image.shape[:2] != (sizes[0], sizes[0]):
-            raise ValueError(
-                f"embeddings run {run.run_id!r} flattens {sizes[0]}x{sizes[0]} tiles; the image "
-                f"must be that size. Got {image.shape[1]}x{image.shape[0]} instead."
-            )
-        info = run.manifest.get("params", {}).get("projector")
-        if info and info.get("method") != "sparse_random":
-            raise ValueError(
-                f"embeddings run {run.run_id!r} was projected with {info.get('method')!r}, "
-                "which is not stored; new images cannot be placed on its maps."
-            )
-        if info:
-            if "projector" not in run._cache:
-                run._cache["projector"] = make_projector(int(info["input_dim"]), {
-                    "projection": "sparse_random", "projection_dims": info["n_components"],
-                    "random_state": info["random_state"],
-                })
-            projector = run._cache["projector"]
-    cache = run._cache.setdefault("feature_model", {})
-    key = (id(model), run.layer)
-    if key not in cache:
-        cache[key] = (model, feature_model(model, run.layer))  # keep model alive: id stays valid
-    vec, prob = embed_images(model, image[None].astype(np.float32), layer=run.layer,
-                             representation=representation, projector=projector,
-                             fmodel=cache[key][1])
-    dims = int(run.manifest["counts"]["dims"])
-    if vec.shape[1] != dims:
-        raise ValueError(f"This image gives a {vec.shape[1]}-dim vector but run "
-                         f"{run.run_id!r} holds {dims}-dim vectors.")
-    return vec[0], prob[0]
-
-
-__all__ = [
-    "REDUCE_METHODS", "embed_for_run", "load_reducers", "load_vectors", "place_new",
-    "recluster", "run_embed", "run_reduce",
-]
+__all__ = ["run_embed", "run_reduce"]

@@ -14,7 +14,7 @@ hover benchmark requests.
    counted (independent of N, cached by the browser).
 2. Hover → thumbnail: ``GET /img/<run>/thumb/<id>?v=<version>`` for random ids (p50 / p95,
    goal p95 ≤ 30 ms), and the hover tooltip callback itself.
-3. Re-cluster: ``app.pipeline.recluster(run, k)`` for k = 2..10 on a freshly opened run
+3. Re-cluster: ``app.ml.apply.recluster(run, k)`` for k = 2..10 on a freshly opened run
    (k of the stored sweep = a lookup, others = a K-means fit), and ``kmeans_sweep`` k = 2..10
    on the run's vectors.
 """
@@ -150,8 +150,8 @@ def hover_child(root: str, run_id: str, ids: list[str], requests: int) -> dict:
 def recluster_child(root: str, run_id: str) -> dict:
     """recluster(run, k) per k on a freshly opened run, then kmeans_sweep k = 2..10."""
     from app.artifacts import EmbeddingsRun
+    from app.ml.apply import recluster
     from app.ml.cluster import kmeans_sweep
-    from app.pipeline import load_vectors, recluster
 
     per_k = {}
     for k in range(2, 11):
@@ -162,7 +162,7 @@ def recluster_child(root: str, run_id: str) -> dict:
         per_k[k] = {"seconds": time.perf_counter() - t0, "stored": stored,
                     "clusters": int(labels.max()) + 1}
     run = EmbeddingsRun.open(run_id, Path(root), check_model=False)
-    X = load_vectors(run)
+    X = run.vectors_float32()
     t0 = time.perf_counter()
     sweep = kmeans_sweep(X, range(2, 11), random_state=0)
     sweep_s = time.perf_counter() - t0

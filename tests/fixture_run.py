@@ -1,9 +1,10 @@
 """A small, format-valid embeddings run for the dashboard's tests (no network, no TensorFlow).
 
-``make_fixture_run(root, n=300, seed=0)`` writes ``root/<run_id>/`` exactly as ``app.artifacts``
-describes it: manifest, tiles.parquet, vectors.npy, thumbs/ (real JPEG/PNG files: coloured noise
-tiles with drawn "buildings"), images/, and reduced/ (coords, sweep.json, labels.npy); it then
-checks that ``EmbeddingsRun.file_for`` finds every kind of image it wrote. Vectors are
+``make_fixture_run(root, n=300, seed=0)`` writes ``root/<run_id>/`` through the writers of
+``app.artifacts`` (the ones ``embed`` and ``reduce`` use): manifest, tiles.parquet, vectors.npy,
+thumbs/ (real JPEG/PNG files: coloured noise tiles with drawn "buildings"), images/, and reduced/
+(coords, sweep.json, labels.npy); it then checks that ``EmbeddingsRun.file_for`` finds every kind
+of image it wrote. Vectors are
 random but clustered, the 2-D maps are derived from them, and the sweep is a real K-means sweep,
 so every page has something meaningful to show. Open it with
 ``EmbeddingsRun.open(run_id, root, check_model=False)`` (no model store entry is written).
@@ -13,10 +14,17 @@ so every page has something meaningful to show. Open it with
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn import metrics
+from sklearn.cluster import KMeans
+
+from app import artifacts
+from app.artifacts import THUMB_KINDS, EmbeddingsRun
 
 FIXTURE_RUN_ID = "fixture-run"
 DAMAGE = ("no_damage", "minor_damage", "major_damage", "destroyed", "un_classified")
@@ -67,42 +75,31 @@ def _scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 def _write_images(out: Path, tile_id: str, rng: np.random.Generator, centre: int,
                   truth: np.ndarray, pred: np.ndarray) -> None:
-    from PIL import Image
-
     size = truth.shape[0]
     base = _HUES[centre % len(_HUES)]
     img = base + rng.normal(0, 18, (size, size, 3))
     img[truth] = np.array([200, 190, 175]) + rng.normal(0, 10, (int(truth.sum()), 3))
     img = np.clip(img, 0, 255).astype(np.uint8)
-    Image.fromarray(img).save(out / "images" / f"{tile_id}.jpg", quality=90)
+    artifacts.save_tile_image(out, "image", tile_id, Image.fromarray(img))
     thumb = Image.fromarray(img).resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX)
-    thumb.save(out / "thumbs" / f"{tile_id}.jpg", quality=85)
+    artifacts.save_tile_image(out, "thumb", tile_id, thumb)
     t_small = np.asarray(Image.fromarray(truth.astype(np.uint8) * 255).resize(
         (THUMB_SIZE, THUMB_SIZE), Image.Resampling.NEAREST)) > 127
     p_small = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(
         (THUMB_SIZE, THUMB_SIZE), Image.Resampling.NEAREST)) > 127
-    Image.fromarray(t_small.astype(np.uint8) * 255).save(out / "thumbs" / f"{tile_id}_true.png")
-    Image.fromarray(p_small.astype(np.uint8) * 255).save(out / "thumbs" / f"{tile_id}_pred.png")
+    artifacts.save_tile_image(out, "true", tile_id, Image.fromarray(t_small.astype(np.uint8) * 255))
+    artifacts.save_tile_image(out, "pred", tile_id, Image.fromarray(p_small.astype(np.uint8) * 255))
     overlay = np.asarray(thumb).astype(np.float32)
     for sel, colour in ((t_small & p_small, (240, 240, 240)), (~t_small & p_small, (213, 94, 0)),
                         (t_small & ~p_small, (0, 114, 178))):
         overlay[sel] = overlay[sel] * 0.45 + np.array(colour) * 0.55
-    Image.fromarray(overlay.astype(np.uint8)).save(out / "thumbs" / f"{tile_id}_overlay.jpg",
-                                                   quality=90)
+    artifacts.save_tile_image(out, "overlay", tile_id, Image.fromarray(overlay.astype(np.uint8)))
 
 
 def _agreement_rows(labels: np.ndarray, truth: np.ndarray, ks: tuple, sil: list,
                     inertia: list) -> list[dict]:
     """Rows like ``app.ml.cluster.agreement_table``: each cluster votes its majority label,
     macro precision / recall of that mapping, accuracy, ARI, NMI."""
-    from sklearn.metrics import (
-        accuracy_score,
-        adjusted_rand_score,
-        normalized_mutual_info_score,
-        precision_score,
-        recall_score,
-    )
-
     classes, y = np.unique(truth, return_inverse=True)
     rows = []
     for i, k in enumerate(ks):
@@ -112,26 +109,24 @@ def _agreement_rows(labels: np.ndarray, truth: np.ndarray, ks: tuple, sil: list,
             guess[lab == c] = np.bincount(y[lab == c], minlength=len(classes)).argmax()
         rows.append({
             "k": k, "silhouette": sil[i], "inertia": inertia[i],
-            "precision": float(precision_score(y, guess, average="macro", zero_division=0)),
-            "recall": float(recall_score(y, guess, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(y, guess)),
-            "ari": float(adjusted_rand_score(y, lab)),
-            "nmi": float(normalized_mutual_info_score(y, lab)),
+            "precision": float(metrics.precision_score(y, guess, average="macro",
+                                                       zero_division=0)),
+            "recall": float(metrics.recall_score(y, guess, average="macro", zero_division=0)),
+            "accuracy": float(metrics.accuracy_score(y, guess)),
+            "ari": float(metrics.adjusted_rand_score(y, lab)),
+            "nmi": float(metrics.normalized_mutual_info_score(y, lab)),
         })
     return rows
 
 
 def _sweep(vectors: np.ndarray, seed: int, truths: dict[str, np.ndarray]) -> tuple[dict, np.ndarray]:
     """A K-means sweep in the format of ``reduce``'s sweep.json (+ labels.npy)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
     inertia, sil, labels = [], [], []
     sample = min(len(vectors), 2000)
     for k in SWEEP_K:
         km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
         inertia.append(float(km.inertia_))
-        sil.append(float(silhouette_score(vectors, km.labels_, sample_size=sample,
+        sil.append(float(metrics.silhouette_score(vectors, km.labels_, sample_size=sample,
                                           random_state=seed)))
         labels.append(km.labels_.astype(np.int32))
     stacked = np.stack(labels)
@@ -153,14 +148,9 @@ def _sweep(vectors: np.ndarray, seed: int, truths: dict[str, np.ndarray]) -> tup
 def make_fixture_run(root: Path, n: int = 300, seed: int = 0, *, run_id: str = FIXTURE_RUN_ID,
                      images: bool = True) -> str:
     """Write a format-valid embeddings run under ``root/<run_id>`` and return its run id."""
-    import pandas as pd
-    from sklearn.metrics import silhouette_samples
-
     rng = np.random.default_rng(seed)
     out = Path(root) / run_id
-    (out / "thumbs").mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "reduced").mkdir(exist_ok=True)
+    artifacts.make_tile_dirs(out)
 
     centres = rng.normal(0, 3.0, (N_CENTRES, DIMS))
     centre_of = rng.integers(0, N_CENTRES, n)
@@ -191,8 +181,8 @@ def make_fixture_run(root: Path, n: int = 300, seed: int = 0, *, run_id: str = F
         if images:
             _write_images(out, tile_id, rng, c, truth, pred)
     tiles = pd.DataFrame(rows)
-    tiles.to_parquet(out / "tiles.parquet", index=False)
-    np.save(out / "vectors.npy", vectors)
+    artifacts.write_tiles_table(out, tiles)
+    artifacts.write_vectors(out, vectors)
 
     x = vectors.astype(np.float64)
     x -= x.mean(axis=0)
@@ -217,26 +207,24 @@ def make_fixture_run(root: Path, n: int = 300, seed: int = 0, *, run_id: str = F
         "tsne_x": tsne[:, 0].astype(np.float32), "tsne_y": tsne[:, 1].astype(np.float32),
         "umap_x": umap[:, 0].astype(np.float32), "umap_y": umap[:, 1].astype(np.float32),
         "cluster": labels[chosen],
-        "silhouette": silhouette_samples(x, labels[chosen]).astype(np.float32)
+        "silhouette": metrics.silhouette_samples(x, labels[chosen]).astype(np.float32)
         if n <= 5000 else np.full(n, np.nan, np.float32),
     })
-    coords.to_parquet(out / "reduced" / "coords.parquet", index=False)
-    (out / "reduced" / "sweep.json").write_text(json.dumps(sweep, indent=2))
-    np.save(out / "reduced" / "labels.npy", labels)
+    reduced_files = artifacts.write_reduced(out, coords, sweep, labels, {})
 
     manifest = {
-        "format": "unet-lens-embeddings/1", "run_id": run_id, "created": "2024-01-01T00:00:00+00:00",
+        "run_id": run_id, "created": "2024-01-01T00:00:00+00:00",
         "model_run": "fixture-model", "model_sha256": "0" * 64, "layer": "bottleneck",
         "representation": "gap", "dataset": {"name": "fixture", "source": "synthetic"},
         "counts": {"tiles": n, "dims": DIMS}, "params": {"seed": seed}, "versions": {},
-        "files": {},
+        "files": artifacts.hash_files(out),
         "reduce": {
             "params": {"methods": ["pca", "tsne", "umap"], "random_state": seed,
                        "k_values": list(SWEEP_K)},
-            "chosen_k": sweep["chosen_k"], "best_k": sweep["best_k"], "files": {},
+            "chosen_k": sweep["chosen_k"], "best_k": sweep["best_k"], "files": reduced_files,
         },
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    artifacts.write_embeddings_manifest(out, manifest)
     if images:
         _check_files(Path(root), run_id, str(tiles["tile_id"].iat[0]))
     return run_id
@@ -244,8 +232,6 @@ def make_fixture_run(root: Path, n: int = 300, seed: int = 0, *, run_id: str = F
 
 def _check_files(root: Path, run_id: str, tile_id: str) -> None:
     """Fail loudly if the artifact format's file names drifted from what this fixture writes."""
-    from app.artifacts import THUMB_KINDS, EmbeddingsRun
-
     run = EmbeddingsRun.open(run_id, root, check_model=False)
     missing = [k for k in THUMB_KINDS if run.file_for(k, tile_id) is None]
     if missing:
@@ -267,8 +253,6 @@ def shared_fixture_run(root: Path, n: int = 300, seed: int = 0) -> str:
 
 
 if __name__ == "__main__":  # python -m tests.fixture_run DIR [N] [--no-images]
-    import sys
-
     target = Path(sys.argv[1])
     count = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 300
     name = make_fixture_run(target, n=count, images="--no-images" not in sys.argv,

@@ -18,18 +18,29 @@ import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+import pandas as pd
+from sklearn import __version__ as sklearn_version
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.metrics import (
+    accuracy_score,
+    adjusted_rand_score,
+    normalized_mutual_info_score,
+    precision_score,
+    recall_score,
+    silhouette_samples,
+    silhouette_score,
+)
+from sklearn.utils import check_random_state
 
 __all__ = [
     "MINIBATCH_THRESHOLD",
     "SweepResult",
     "agreement_table",
     "cluster_label_agreement",
+    "fit_kmeans",
     "kmeans_sweep",
     "nearest_to_centroid",
     "silhouette_per_sample",
@@ -126,6 +137,26 @@ class SweepResult:
         }
 
 
+def fit_kmeans(
+    X: np.ndarray,
+    k: int,
+    *,
+    random_state: int | None = 0,
+    n_init: int | str = "auto",
+    minibatch: bool = False,
+    batch_size: int | None = None,
+) -> Any:
+    """One fitted K-means of ``k`` clusters, the way the sweep fits each k: sklearn ``KMeans``,
+    or ``MiniBatchKMeans`` (``batch_size``, default ``MINIBATCH_BATCH_SIZE``) for big runs.
+    The same seed, ``n_init`` and algorithm give the same labels as the sweep's."""
+    if minibatch:
+        model = MiniBatchKMeans(n_clusters=k, random_state=random_state, n_init=n_init,
+                                batch_size=batch_size or MINIBATCH_BATCH_SIZE)
+    else:
+        model = KMeans(n_clusters=k, random_state=random_state, n_init=n_init)
+    return model.fit(X)
+
+
 def kmeans_sweep(
     X: Any,
     k_values: Iterable[int] = range(2, 11),
@@ -136,10 +167,6 @@ def kmeans_sweep(
     minibatch_threshold: int = MINIBATCH_THRESHOLD,
 ) -> SweepResult:
     """Fit K-means for each k in ``k_values`` and score it (elbow + mean silhouette)."""
-    from sklearn import __version__ as sklearn_version
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-    from sklearn.metrics import silhouette_score
-
     X = _check_X(X, min_samples=3)
     n = X.shape[0]
     if isinstance(k_values, (str, bytes)) or not isinstance(k_values, Iterable):
@@ -171,16 +198,8 @@ def kmeans_sweep(
     labels: dict[int, np.ndarray] = {}
     centroids: dict[int, np.ndarray] = {}
     for k in ks:
-        if use_minibatch:
-            model = MiniBatchKMeans(
-                n_clusters=k,
-                random_state=random_state,
-                n_init=n_init,
-                batch_size=MINIBATCH_BATCH_SIZE,
-            )
-        else:
-            model = KMeans(n_clusters=k, random_state=random_state, n_init=n_init)
-        model.fit(X)
+        model = fit_kmeans(X, k, random_state=random_state, n_init=n_init,
+                           minibatch=use_minibatch)
         lab = model.labels_.astype(np.int32)
         labels[k] = lab
         centroids[k] = np.asarray(model.cluster_centers_)
@@ -232,9 +251,6 @@ def silhouette_per_sample(
     ``kmeans_sweep``'s), so with the same seed ``np.nanmean`` of the result equals the sweep's
     mean silhouette. Silhouettes in a sample are measured against the sample's points only.
     """
-    from sklearn.metrics import silhouette_samples
-    from sklearn.utils import check_random_state
-
     X = _check_X(X, min_samples=2)
     n = X.shape[0]
     labels = _check_labels(labels, n)
@@ -283,14 +299,6 @@ def cluster_label_agreement(
     ``ari`` (adjusted Rand) and ``nmi`` (normalised mutual information). ``truth`` may hold
     strings or ints; entries that are None/NaN or in ``exclude`` (e.g. "unknown") are left out.
     """
-    from sklearn.metrics import (
-        accuracy_score,
-        adjusted_rand_score,
-        normalized_mutual_info_score,
-        precision_score,
-        recall_score,
-    )
-
     labels = _check_labels(labels)
     truth_arr = np.asarray(truth, dtype=object)
     if truth_arr.ndim != 1 or truth_arr.shape[0] != labels.shape[0]:
@@ -347,8 +355,6 @@ def agreement_table(
 
     ``X`` (optional) is only used to check that the sweep was run on as many rows as ``truth``.
     """
-    import pandas as pd
-
     n = int(sweep.params["n_samples"])
     if X is not None and np.shape(X)[0] != n:
         raise _param_error("X", f"the {n} rows the sweep was fitted on", f"{np.shape(X)[0]} rows")

@@ -37,6 +37,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+from scipy.ndimage import gaussian_filter
+
+from app.ml.unet import named_conv_layers
 
 __all__ = [
     "CamResult",
@@ -119,8 +122,6 @@ def _spatial_layer_names(model: keras.Model) -> list[str]:
 def _get_layer(model: keras.Model, layer: str) -> layers.Layer:
     names = _spatial_layer_names(model)
     if not isinstance(layer, str) or layer not in names:
-        from app.ml.unet import named_conv_layers
-
         suggested = named_conv_layers(model) or names
         raise ValueError(
             f"The 'layer' parameter must be one of {suggested} (or another 4-D layer of the "
@@ -443,6 +444,24 @@ def _target_extra(target: str, box: object, pixel: object) -> dict[str, Any]:
     return {}
 
 
+def _weighted_cam(method: str, weights_of: Callable[[_Pass], np.ndarray], model: keras.Model,
+                  image: object, where: dict[str, Any]) -> CamResult:
+    """The CAM methods' shared tail: one target pass (``where``: layer, target, box, pixel,
+    threshold), its channel weights, the weighted map."""
+    started = time.perf_counter()
+    p = _target_pass(model, image, **where)
+    return _cam_from_weights(
+        p,
+        weights_of(p),
+        method=method,
+        layer=where["layer"],
+        target=where["target"],
+        threshold=float(where["threshold"]),
+        started=started,
+        extra=_target_extra(where["target"], where["box"], where["pixel"]),
+    )
+
+
 # --------------------------------------------------------------------------- CAM methods
 
 
@@ -461,19 +480,8 @@ def seg_grad_cam(
     ``alpha_k = mean_ij d y / d A^k_ij``, ``cam = ReLU(sum_k alpha_k A^k)``, bilinearly
     upsampled; see the module docstring for targets and the empty-map convention.
     """
-    started = time.perf_counter()
-    p = _target_pass(model, image, layer, target, box, pixel, threshold)
-    weights = p.grads.mean(axis=(0, 1))
-    return _cam_from_weights(
-        p,
-        weights,
-        method="seg-grad-cam",
-        layer=layer,
-        target=target,
-        threshold=float(threshold),
-        started=started,
-        extra=_target_extra(target, box, pixel),
-    )
+    return _weighted_cam("seg-grad-cam", lambda p: p.grads.mean(axis=(0, 1)), model, image, {
+        "layer": layer, "target": target, "box": box, "pixel": pixel, "threshold": threshold})
 
 
 def grad_cam_pp(
@@ -494,24 +502,18 @@ def grad_cam_pp(
     ``w_k = sum_ij a_ij^k ReLU(g_ij^k)``; the common ``exp(S)`` factor cancels in the
     normalisation. This is the ``grads**2`` / ``grads**3`` form of the authors' code.
     """
-    started = time.perf_counter()
-    p = _target_pass(model, image, layer, target, box, pixel, threshold)
+    return _weighted_cam("grad-cam++", _grad_cam_pp_weights, model, image, {
+        "layer": layer, "target": target, "box": box, "pixel": pixel, "threshold": threshold})
+
+
+def _grad_cam_pp_weights(p: _Pass) -> np.ndarray:
+    """Grad-CAM++'s channel weights from the target pass's gradients and activations."""
     g = p.grads.astype(np.float64)
     g2, g3 = g**2, g**3
     sum_a = p.acts.astype(np.float64).sum(axis=(0, 1))
     denom = 2.0 * g2 + sum_a[None, None, :] * g3
     alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=denom != 0)
-    weights = (alpha * np.maximum(g, 0.0)).sum(axis=(0, 1)).astype(np.float32)
-    return _cam_from_weights(
-        p,
-        weights,
-        method="grad-cam++",
-        layer=layer,
-        target=target,
-        threshold=float(threshold),
-        started=started,
-        extra=_target_extra(target, box, pixel),
-    )
+    return (alpha * np.maximum(g, 0.0)).sum(axis=(0, 1)).astype(np.float32)
 
 
 def activation_map(
@@ -826,8 +828,6 @@ def activation_maximisation(
         raise ValueError(
             f"The 'blur_every' parameter must be an int >= 0 (0 = never). Got {blur_every!r}."
         )
-    from scipy.ndimage import gaussian_filter
-
     channels = int(_model_input(model).shape[-1])
     rng = np.random.default_rng(random_state)
     start = 127.5 + rng.normal(0.0, 8.0, size=(1, size, size, channels))

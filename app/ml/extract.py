@@ -27,17 +27,24 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
 
+from app import artifacts
 from app.data.base import DAMAGE_CLASSES
 from app.data.dataset import safe_name
+from app.ml.metrics import ERROR_COLOURS, pixel_confusion, pixel_scores
+from app.ml.reduce import StreamingProjector
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
-    import pandas as pd
 
 REPRESENTATIONS: tuple[str, ...] = ("gap", "avgmax", "spp", "flatten")
 PROJECTIONS: tuple[str, ...] = ("sparse_random", "ipca")
@@ -62,9 +69,9 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 def feature_model(model: keras.Model, layer: str) -> keras.Model:
     """A model with two outputs, ``[activations of layer, predicted mask]``, sharing the weights
     of ``model`` (which is left untouched): one call gives both from the same forward pass."""
-    import keras
+    import keras  # lazy: TensorFlow; reading a run's tables must not load it
 
-    from app.ml.unet import named_conv_layers
+    from app.ml.unet import named_conv_layers  # lazy: unet imports keras
 
     names = named_conv_layers(model)
     if layer not in names:
@@ -129,8 +136,6 @@ def make_projector(input_dim: int, params: dict) -> Any | None:
     """The ``StreamingProjector`` described by ``params`` (None when flatten is kept raw)."""
     if params.get("projection") in (None, "none") or input_dim <= int(params["projection_dims"]):
         return None
-    from app.ml.reduce import StreamingProjector
-
     return StreamingProjector(
         input_dim,
         n_components=int(params["projection_dims"]),
@@ -165,7 +170,7 @@ def _forward(fm: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One inference pass of the two-output model: (activations, probabilities) as numpy."""
     fn = getattr(fm, "_unet_lens_forward", None)
     if fn is None:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: see feature_model
 
         # One graph per feature model whatever the batch and tile size (no retracing).
         fn = tf.function(
@@ -189,10 +194,6 @@ def tile_metrics(truth: np.ndarray | None, pred: np.ndarray) -> dict:
     true_fraction are NaN. ``pred_building_count`` counts 8-connected components of the
     prediction (``scipy.ndimage.label``, no size filter).
     """
-    from scipy import ndimage
-
-    from app.ml.metrics import pixel_confusion, pixel_scores
-
     pred = np.asarray(pred, dtype=bool)
     n = pred.size
     _, count = ndimage.label(pred, structure=_EIGHT)
@@ -249,9 +250,7 @@ def tile_labels(table: pd.DataFrame, *, building_threshold: float = 0.01) -> dic
 # --------------------------------------------------------------------------- image files
 
 
-def _resize(arr: np.ndarray, size: int, nearest: bool):
-    from PIL import Image
-
+def _resize(arr: np.ndarray, size: int, nearest: bool) -> Image.Image:
     img = Image.fromarray(arr)
     if img.size == (size, size):
         return img
@@ -267,8 +266,6 @@ def overlay_image(thumb: np.ndarray, truth: np.ndarray | None, pred: np.ndarray)
     if truth is not None:
         # Same blend as ``metrics.error_overlay(thumb, truth, pred, alpha=OVERLAY_ALPHA)`` (a test
         # checks equality), computed on the tinted pixels only: ~5x cheaper per thumbnail.
-        from app.ml.metrics import ERROR_COLOURS
-
         sel = truth | pred
         palette = np.asarray([ERROR_COLOURS[k] for k in ("tp", "fp", "fn")], dtype=np.float32)
         kind = np.where(pred[sel], np.where(truth[sel], 0, 1), 2)
@@ -285,36 +282,27 @@ def overlay_image(thumb: np.ndarray, truth: np.ndarray | None, pred: np.ndarray)
     return out
 
 
-#: JPEG qualities: hover thumbnail, overlay, full tile (artifacts: "JPEG q90").
-THUMB_QUALITY, OVERLAY_QUALITY, IMAGE_QUALITY = 85, 90, 90
-
-
 def write_tile_files(
     out_dir: Path, tile_id: str, image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
     thumb_size: int = 128,
 ) -> None:
-    """thumbs/<id>.jpg, thumbs/<id>_true.png (when truth), thumbs/<id>_pred.png,
-    thumbs/<id>_overlay.jpg and images/<id>.jpg (the full tile), per ``app.artifacts``."""
-    from PIL import Image
-
-    thumbs = out_dir / "thumbs"
+    """A tile's thumbnail, true mask (when truth), predicted mask, overlay and full image,
+    written by ``app.artifacts.save_tile_image`` (its names and qualities)."""
     thumb = _resize(image, thumb_size, nearest=False)
-    thumb.save(thumbs / f"{tile_id}.jpg", quality=THUMB_QUALITY)
+    save = partial(artifacts.save_tile_image, out_dir, tile_id=tile_id)
+    save("thumb", image=thumb)
     pred_t = np.asarray(_resize(pred.astype(np.uint8) * 255, thumb_size, nearest=True)) > 127
-    _mask_png(pred_t).save(thumbs / f"{tile_id}_pred.png", compress_level=1)
+    save("pred", image=_mask_image(pred_t))
     true_t = None
     if truth is not None:
         true_t = np.asarray(_resize(truth.astype(np.uint8) * 255, thumb_size, True)) > 127
-        _mask_png(true_t).save(thumbs / f"{tile_id}_true.png", compress_level=1)
-    Image.fromarray(overlay_image(np.asarray(thumb), true_t, pred_t)).save(
-        thumbs / f"{tile_id}_overlay.jpg", quality=OVERLAY_QUALITY
-    )
-    Image.fromarray(image).save(out_dir / "images" / f"{tile_id}.jpg", quality=IMAGE_QUALITY)
+        save("true", image=_mask_image(true_t))
+    save("overlay", image=Image.fromarray(overlay_image(np.asarray(thumb), true_t, pred_t)))
+    save("image", image=Image.fromarray(image))
 
 
-def _mask_png(mask: np.ndarray):
-    from PIL import Image
-
+def _mask_image(mask: np.ndarray) -> Image.Image:
+    """A boolean mask as the format's mask file: 8-bit grey, 0 / 255."""
     return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
 
 
@@ -473,8 +461,6 @@ def extract_embeddings(
     project any, so the network runs twice: a first pass only fits the projector; vectors,
     masks and metrics all still come from the second pass.
     """
-    from tqdm.auto import tqdm
-
     _check_representation(representation)
     if projection not in PROJECTIONS:
         raise ValueError(f"The 'projection' parameter must be one of {list(PROJECTIONS)}. "
@@ -487,8 +473,7 @@ def extract_embeddings(
     _check_inputs(model, table, ids, batch_size, dtype, thumb_size, threshold)
     fm = feature_model(model, layer)
     out_dir = Path(out_dir)
-    (out_dir / "thumbs").mkdir(parents=True, exist_ok=True)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    artifacts.make_tile_dirs(out_dir)
     params: dict[str, Any] = {
         "layer": layer, "representation": representation, "batch_size": batch_size,
         "projection_dims": projection_dims, "projection": projection,
@@ -529,10 +514,7 @@ def extract_embeddings(
                 if projector is not None:
                     vec = np.asarray(projector.transform(vec), dtype=np.float32)
             if vectors is None:
-                vectors = np.lib.format.open_memmap(
-                    out_dir / "vectors.npy", mode="w+", dtype=np.dtype(dtype),
-                    shape=(n, vec.shape[1]),
-                )
+                vectors = artifacts.create_vectors(out_dir, n, vec.shape[1], dtype)
             stored = vec.astype(dtype)
             if not np.isfinite(stored).all():
                 raise ValueError(
@@ -564,8 +546,7 @@ def extract_embeddings(
     params["projector"] = projector.describe() if projector is not None else None
     if representation == "flatten" and projector is None:
         params["projection"] = "none"
-    out_table = _tile_table(table, ids, rows)
-    out_table.to_parquet(out_dir / "tiles.parquet", index=False)
+    artifacts.write_tiles_table(out_dir, _tile_table(table, ids, rows))
     seconds = time.perf_counter() - start
     return {
         "n_tiles": n,
@@ -589,8 +570,6 @@ def _finish_tile(out_dir: Path, tile_id: str, image: np.ndarray, mask: np.ndarra
 def _fit_projector(fm: keras.Model, dataset: Any, ids: Sequence[str], batch_size: int,
                    params: dict, progress: bool) -> Any | None:
     """First pass of an ipca flatten run: fit the projector on every tile's activations."""
-    from tqdm.auto import tqdm
-
     projector = None
     with tqdm(total=len(ids), unit="tile", desc="fit projector", disable=not progress) as bar:
         for batch_ids, images, _ in _prefetch(_batches(dataset, ids, batch_size)):
@@ -606,8 +585,6 @@ def _fit_projector(fm: keras.Model, dataset: Any, ids: Sequence[str], batch_size
 
 
 def _tile_table(table: pd.DataFrame, ids: Sequence[str], rows: list[dict]) -> pd.DataFrame:
-    import pandas as pd
-
     base = table.set_index("tile_id").loc[list(ids)].reset_index()
     metrics = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     for col in ("tp", "fp", "fn"):

@@ -27,6 +27,7 @@ importing this module (the dashboard's pages do) stays cheap.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import threading
 import time
@@ -37,6 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
+
+from app import artifacts, config
+from app.ml import registry
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -45,7 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from app.ml.explain import CamResult
 
 __all__ = [
-    "EXPLAIN_METHODS",
     "RESULTS",
     "SIZE_FACTOR",
     "ExplainOutcome",
@@ -65,11 +69,6 @@ __all__ = [
 #: Spatial divisor of the U-Net (2**depth): inputs are padded to a multiple of it.
 SIZE_FACTOR = 16
 
-#: Explanation methods :meth:`ModelService.explain` dispatches to ``app.ml.explain``.
-EXPLAIN_METHODS: tuple[str, ...] = (
-    "seg-grad-cam", "grad-cam++", "activation", "activation-channel", "saliency",
-    "guided-grad-cam",
-)
 
 
 # --------------------------------------------------------------------------- result cache
@@ -281,8 +280,6 @@ class ModelService:
             if self._model is not None and self._sha is not None:
                 return
             if self._model is None:
-                from app import artifacts
-
                 _, sha = artifacts.verify_model_file(self.run_id, self.store)
                 manifest = artifacts.read_model_manifest(self.run_id, self.store)
                 model = artifacts.load_model(self.run_id, self.store)
@@ -321,7 +318,7 @@ class ModelService:
 
     def conv_layers(self) -> list[str]:
         """Layer names offered for explanations (enc*, bottleneck, dec*, logits)."""
-        from app.ml.unet import named_conv_layers
+        from app.ml.unet import named_conv_layers  # lazy: unet imports keras (TensorFlow)
 
         return named_conv_layers(self.model)
 
@@ -333,7 +330,7 @@ class ModelService:
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) float32 → (B, H, W) float32 probabilities, one traced graph."""
         if self._forward is None:
-            import tensorflow as tf
+            import tensorflow as tf  # lazy: importing this module must not load TensorFlow
 
             model = self.model
             with self._lock:
@@ -362,27 +359,10 @@ class ModelService:
         prob, _ = self.cache.get_or_compute(key, compute)
         return prob
 
-    def segment_large(
-        self,
-        image: object,
-        tile: int = 256,
-        overlap: int = 32,
-        *,
-        batch_size: int = 4,
-        progress: Callable[[int, int], object] | None = None,
-        use_cache: bool = True,
-        single_pass_max_pixels: int | None = None,
-    ) -> np.ndarray:
-        """Probability map (H, W) float32 of an image of any size, tiled and seamlessly stitched.
-
-        ``tile`` must be a positive multiple of 16; the stride ``tile - overlap`` is rounded
-        down to a multiple of 16 (so the effective overlap may grow by < 16 pixels).
-        ``progress(done, total)`` is called after each batch of tiles. An image of at most
-        ``single_pass_max_pixels`` padded pixels (default ``config.SINGLE_PASS_MAX_PIXELS``; 0
-        always tiles) is predicted in one pass instead.
-        """
-        prob, _ = self.segment(image, tile, overlap, batch_size=batch_size, progress=progress,
-                               use_cache=use_cache, single_pass_max_pixels=single_pass_max_pixels)
+    def segment_large(self, image: object, *args: Any, **kwargs: Any) -> np.ndarray:
+        """Probability map (H, W) float32 of an image of any size, tiled and seamlessly stitched:
+        :meth:`segment`'s map without the cache flag (same parameters)."""
+        prob, _ = self.segment(image, *args, **kwargs)
         return prob
 
     def segment(
@@ -396,11 +376,17 @@ class ModelService:
         use_cache: bool = True,
         single_pass_max_pixels: int | None = None,
     ) -> tuple[np.ndarray, bool]:
-        """:meth:`segment_large` plus whether the result came from the cache."""
+        """(probability map (H, W) float32 of an image of any size, tiled and seamlessly
+        stitched; whether it came from the cache).
+
+        ``tile`` must be a positive multiple of 16; the stride ``tile - overlap`` is rounded
+        down to a multiple of 16 (so the effective overlap may grow by < 16 pixels).
+        ``progress(done, total)`` is called after each batch of tiles. An image of at most
+        ``single_pass_max_pixels`` padded pixels (default ``config.SINGLE_PASS_MAX_PIXELS``; 0
+        always tiles) is predicted in one pass instead.
+        """
         arr = _as_rgb(image)
         if single_pass_max_pixels is None:
-            from app import config
-
             single_pass_max_pixels = config.SINGLE_PASS_MAX_PIXELS
         if (isinstance(single_pass_max_pixels, bool) or not isinstance(single_pass_max_pixels, int)
                 or single_pass_max_pixels < 0):
@@ -481,7 +467,7 @@ class ModelService:
         first click pays what every new image pays (graph tracing and oneDNN's first-run
         set-up cost ~1-2 s on CPU) instead of several seconds.
         """
-        from app.ml import explain as ex
+        from app.ml import explain as ex  # lazy: explain imports TensorFlow
 
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -513,58 +499,52 @@ class ModelService:
         threshold: float = 0.5,
         image_key: str | None = None,
     ) -> ExplainOutcome:
-        """An ``app.ml.explain`` map of ``image`` (any size: padded to /16, maps cropped back),
-        cached by (model, image, method, layer, target, params)."""
-        if method not in EXPLAIN_METHODS:
-            raise ValueError(
-                f"The 'method' parameter must be one of {list(EXPLAIN_METHODS)}. "
-                f"Got {method!r} instead."
-            )
+        """The map of registered explainer ``method`` (``app.ml.registry.EXPLAINERS``) of
+        ``image`` (any size: padded to /16, maps cropped back), cached by (model, image, method,
+        layer, target, params). What the method uses (a layer, a target, a channel) comes from
+        its registry entry."""
+        spec = registry.explainer(method)
         arr = _as_rgb(image)
         started = time.perf_counter()
-        if method in ("activation", "activation-channel"):
-            target = "channel" if method == "activation-channel" else "mean"
-            params: dict[str, Any] = {"channel": channel if method == "activation-channel" else None}
+        channel = channel if spec.uses_channel else None
+        if not spec.uses_target:
+            target = "channel" if spec.uses_channel else "mean"
+            params: dict[str, Any] = {"channel": channel}
         else:
             params = {"threshold": round(float(threshold), 4)}
             if target == "box":
                 params["box"] = tuple(round(float(v), 2) for v in (box or ()))
             elif target == "pixel":
                 params["pixel"] = tuple(round(float(v), 2) for v in (pixel or ()))
-        if method == "saliency":
+        if not spec.uses_layer:
             layer = "image"
         key = (self.sha256, image_key or image_sha256(arr), method, layer, target, _freeze(params))
         result, hit = self.cache.get_or_compute(
-            key, lambda: self._explain(arr, method, layer, target, box, pixel, channel, threshold)
+            key, lambda: self._explain(arr, spec, layer, target, box, pixel, channel, threshold)
         )
         ms = (time.perf_counter() - started) * 1000
         return ExplainOutcome(result=result, cached=hit, ms=ms,
                               compute_ms=float(result.seconds) * 1000, device=self.device)
 
-    def _explain(self, arr: np.ndarray, method: str, layer: str, target: str, box: Any,
-                 pixel: Any, channel: int | None, threshold: float) -> CamResult:
-        from app.ml import explain as ex
-
-        model = self.model
+    def _explain(self, arr: np.ndarray, spec: registry.ExplainerSpec, layer: str, target: str,
+                 box: Any, pixel: Any, channel: int | None, threshold: float) -> CamResult:
         h, w = arr.shape[:2]
         padded = pad_to_multiple(arr).astype(np.float32)
         if (padded.shape[0], padded.shape[1]) != (h, w) and target == "image":
             target_used, box = "box", (0, 0, w, h)  # the whole image, not the padding
         else:
             target_used = target
-        common = {"target": target_used, "box": box, "pixel": pixel, "threshold": threshold}
-        if method == "seg-grad-cam":
-            res = ex.seg_grad_cam(model, padded, layer=layer, **common)
-        elif method == "grad-cam++":
-            res = ex.grad_cam_pp(model, padded, layer=layer, **common)
-        elif method == "saliency":
-            res = ex.saliency(model, padded, **common)
-        elif method == "guided-grad-cam":
-            res = ex.guided_grad_cam(model, padded, layer=layer, **common)
-        else:
-            res = ex.activation_map(model, padded, layer=layer,
-                                    channel=channel if method == "activation-channel" else None)
-        res.target = target if method not in ("activation", "activation-channel") else res.target
+        offered = {"layer": layer, "target": target_used, "box": box, "pixel": pixel,
+                   "threshold": threshold, "channel": channel}
+        if not spec.uses_layer:
+            offered.pop("layer")
+        if not spec.uses_target:
+            for name in ("target", "box", "pixel", "threshold"):
+                offered.pop(name)
+        function = spec.callable()
+        res = function(self.model, padded, **_declared(function, offered))
+        if spec.uses_target:
+            res.target = target
         return _crop_result(res, h, w)
 
     def activation_maximisation(
@@ -572,7 +552,7 @@ class ModelService:
         progress: Callable[[int, int], object] | None = None,
     ) -> np.ndarray:
         """Cached ``app.ml.explain.activation_maximisation`` image (size, size, 3) uint8."""
-        from app.ml import explain as ex
+        from app.ml import explain as ex  # lazy: explain imports TensorFlow
 
         key = (self.sha256, "", "activation-maximisation", layer, str(channel),
                _freeze({"size": size, "steps": steps}))
@@ -613,13 +593,22 @@ class ModelService:
                _freeze({"run": run.run_id, "dims": run.manifest.get("counts", {}).get("dims")}))
 
         def compute() -> np.ndarray:
-            from app.pipeline import embed_for_run
+            # lazy: apply pulls in pandas, scipy and scikit-learn, which pages need not load
+            from app.ml.apply import embed_for_run
 
             vec, _ = embed_for_run(run, self.model, np.asarray(arr, dtype=np.uint8))
             return np.asarray(vec, dtype=np.float32)
 
         vec, _ = self.cache.get_or_compute(key, compute)
         return vec, notes
+
+
+def _declared(function: Callable[..., Any], offered: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of ``offered`` that ``function`` declares (all of them for ``**kwargs``)."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return offered
+    return {name: value for name, value in offered.items() if name in parameters}
 
 
 def _crop_result(res: CamResult, h: int, w: int) -> CamResult:
@@ -650,7 +639,7 @@ _device_name: str | None = None
 def _device() -> str:
     global _device_name
     if _device_name is None:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: see predict_batch
 
         _device_name = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
     return _device_name
@@ -662,8 +651,6 @@ _services_lock = threading.Lock()
 
 def get_service(run_id: str, store: Path | None = None) -> ModelService:
     """The process's :class:`ModelService` for a model run (created once, loaded lazily)."""
-    from app import artifacts, config
-
     artifacts.validate_run_id(run_id)
     root = Path(store or config.MODEL_STORE)
     key = (str(root), run_id)
@@ -686,8 +673,6 @@ def forget_services() -> None:
 
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize an (H, W, 3) 0..255 image to (height, width) uint8 (area when shrinking)."""
-    from PIL import Image
-
     arr = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
     pil = Image.fromarray(arr)
     shrink = height < arr.shape[0] or width < arr.shape[1]
@@ -700,7 +685,7 @@ def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _clean(mask: np.ndarray, min_area: int = 10) -> np.ndarray:
     """Open by a 3x3 square and drop components under ``min_area`` pixels (speckle)."""
-    from scipy import ndimage as ndi
+    from scipy import ndimage as ndi  # lazy: ~0.5 s to import; only the baselines need it
 
     opened = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
     labels, n = ndi.label(opened)
@@ -716,7 +701,7 @@ def otsu_baseline(image: object, *, min_area: int = 10) -> np.ndarray:
     """(H, W) bool "building" mask: the brighter class of Otsu's threshold on the luminance,
     opened and cleaned of specks. Roofs are mostly brighter than vegetation, soil and shadow,
     so this is the classic one-line segmentation a learned model must beat."""
-    from skimage.filters import threshold_otsu
+    from skimage.filters import threshold_otsu  # lazy: scikit-image takes ~1 s to import
 
     arr = _as_rgb(image).astype(np.float32)
     gray = arr @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -735,8 +720,8 @@ def kmeans_colour_baseline(
     brightest and least saturated (largest ``L* - chroma``: roofs and concrete are pale and
     grey, vegetation, water and soil are darker or coloured). Cleaned like :func:`otsu_baseline`.
     """
-    from skimage.color import rgb2lab
-    from sklearn.cluster import KMeans
+    from skimage.color import rgb2lab  # lazy: see otsu_baseline
+    from sklearn.cluster import KMeans  # lazy: pages import this module; only Segment needs it
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"The 'k' parameter must be an int >= 2. Got {k!r} instead.")

@@ -378,6 +378,7 @@ def error_overlay(
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
     """Labels 1..n in order of first value, 0 kept as background."""
+    # lazy: scikit-image takes ~1 s to import; the Evaluate page imports this module at start
     from skimage.segmentation import relabel_sequential
 
     return relabel_sequential(labels.astype(np.int64, copy=False))[0]
@@ -517,7 +518,7 @@ def count_buildings(
     plateau) stay whole while two blobs joined by a neck are split. Watershed fragments smaller
     than ``min_area`` are merged back into a neighbour.
     """
-    from skimage.feature import peak_local_max
+    from skimage.feature import peak_local_max  # lazy: see _relabel
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 

@@ -15,23 +15,25 @@ Decisions (see the docstrings for the why):
   than the speed-up on 2 shared cores. ``random_state=None`` opts into parallel, unseeded runs.
 - t-SNE runs with ``n_jobs=1`` by default for the same reason (override with ``n_jobs=``).
 - Only the fitted t-SNE/UMAP objects are pickled; every file is hashed before it is parsed.
+- Which methods exist, their fewest rows, how they place new points and whether they are pickled
+  is said once, in ``app.ml.registry``: ``fit_reducer`` dispatches through it, and a method
+  without a ``transform`` of its own places points with ``model.transform`` and is stored as a
+  pickle (the generic default).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
 import numbers
-import os
 import pickle
 import re
 import sys
-import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,34 +41,32 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.decomposition import PCA, IncrementalPCA
+
+from app import artifacts
+from app.ml import registry
 
 __all__ = [
-    "METHODS",
-    "MIN_SAMPLES",
     "FittedReducer",
     "ReducerLoadError",
     "StreamingProjector",
+    "fit_pca",
     "fit_reducer",
+    "fit_tsne",
+    "fit_umap",
     "load_reducer",
+    "pca_transform",
     "reducer_files",
+    "reducer_payloads",
     "save_reducer",
+    "tsne_transform",
 ]
-
-METHODS = ("pca", "tsne", "umap")
-
-#: Fewest rows each method accepts (t-SNE needs perplexity < n/3, UMAP needs n_neighbors < n and a
-#: few more points than dimensions for its spectral initialisation).
-MIN_SAMPLES = {"pca": 2, "tsne": 10, "umap": 10}
 
 #: Bumped when the on-disk layout changes; older files are refused with a "re-run" message.
 FORMAT_VERSION = 1
 
-#: Libraries whose major.minor must match for a pickle to be trusted to behave the same.
-_PICKLE_LIBRARIES = {
-    "tsne": ("openTSNE", "numpy", "scipy", "scikit-learn"),
-    "umap": ("umap-learn", "pynndescent", "numba", "numpy", "scipy", "scikit-learn"),
-}
-_ALL_LIBRARIES = ("numpy", "scipy", "scikit-learn", "openTSNE", "umap-learn", "pynndescent", "numba")
+#: Libraries every reducer's versions record (the registry adds each method's own).
+_BASE_LIBRARIES = ("numpy", "scipy", "scikit-learn")
 
 # Parameters a caller may pass through ``**params`` and their defaults.
 _TSNE_DEFAULTS: dict[str, Any] = {
@@ -104,6 +104,16 @@ _UMAP_DEFAULTS: dict[str, Any] = {
     "n_jobs": None,  # resolved: 1 when seeded, -1 (all cores) when random_state is None
 }
 
+#: The parameters above that go to ``openTSNE.TSNE`` / ``umap.UMAP`` as they are (after checks).
+_TSNE_ARGS = (
+    "perplexity", "learning_rate", "early_exaggeration_iter", "early_exaggeration", "n_iter",
+    "exaggeration", "dof", "theta", "initialization", "metric", "neighbors",
+    "negative_gradient_method", "n_jobs",
+)
+_UMAP_ARGS = (
+    "n_neighbors", "min_dist", "spread", "metric", "n_epochs", "init", "low_memory", "n_jobs",
+    "transform_seed",
+)
 
 _TSNE_LOCK = threading.Lock()
 
@@ -157,10 +167,9 @@ def _check_random_state(value: Any, allow_none: bool = True) -> int | None:
     return int(value)
 
 
-def _check_method(method: Any) -> str:
-    if method not in METHODS:
-        raise _param_error("method", f"one of {list(METHODS)}", method)
-    return method
+def _check_method(method: Any) -> registry.ReducerSpec:
+    """The registered spec of ``method`` (a ValueError listing the registered ones if none)."""
+    return registry.reducer(method)
 
 
 def _check_X(X: Any, name: str = "X", min_samples: int = 1) -> np.ndarray:
@@ -207,7 +216,10 @@ def _jsonable(value: Any) -> Any:
 def _library_versions() -> dict[str, str]:
     """Installed versions of the libraries a reducer depends on (absent ones are skipped)."""
     versions = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name in _ALL_LIBRARIES:
+    names = dict.fromkeys(_BASE_LIBRARIES)
+    for spec in registry.REDUCERS.values():
+        names.update(dict.fromkeys(spec.libraries))
+    for name in names:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return versions
@@ -254,17 +266,19 @@ def _import_umap() -> Any:
 class FittedReducer:
     """A fitted map: the coordinates of the fitted vectors plus the means to place new ones.
 
-    ``params`` holds every parameter used (JSON-serialisable), ``versions`` the library versions,
-    ``diagnostics`` results worth showing (PCA explained variance, t-SNE KL divergence).
+    ``params`` holds every parameter used (JSON-serialisable), ``versions`` the library versions
+    (default: those installed now), ``diagnostics`` results worth showing (PCA explained
+    variance, t-SNE KL divergence).
     ``model`` is the fitted object: a dict of plain arrays for PCA, an ``openTSNE.TSNEEmbedding``
-    for t-SNE, a ``umap.UMAP`` for UMAP. ``scaler`` is ``(mean, std)`` when standardised.
+    for t-SNE, a ``umap.UMAP`` for UMAP (any object with ``transform`` for a method registered
+    without a transform of its own). ``scaler`` is ``(mean, std)`` when standardised.
     """
 
     method: str
     n_components: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # at least "n_features" (the fitted vectors' length)
     points: np.ndarray
-    versions: dict[str, str]
+    versions: dict[str, str] = field(default_factory=lambda: _library_versions())
     diagnostics: dict[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
     scaler: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
@@ -289,19 +303,22 @@ class FittedReducer:
                 f"{X.shape[1]} columns",
             )
         X = self._scale(X)
-        if self.method == "pca":
-            Y = (X - self.model["mean"]) @ self.model["components"].T
-        elif self.method == "tsne":
-            Y = _tsne_transform(self.model, X, self.params)
-        else:
-            Y = self.model.transform(X)
+        custom = _check_method(self.method).transform_function()
+        Y = custom(self, X) if custom is not None else self.model.transform(X)
         return np.ascontiguousarray(Y, dtype=np.float32)
 
 
-def _tsne_transform(embedding: Any, X: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def pca_transform(reducer: FittedReducer, X: np.ndarray) -> np.ndarray:
+    """PCA's placement: centre with the fitted mean, project on the components."""
+    return (X - reducer.model["mean"]) @ reducer.model["components"].T
+
+
+def tsne_transform(reducer: FittedReducer, X: np.ndarray) -> np.ndarray:
+    """openTSNE's placement of new points into the fitted embedding, with the stored params."""
     # openTSNE re-centres the reference embedding in place during transform; we centred it at
     # fit time so that is a no-op, and restore it anyway so repeated calls cannot drift. The lock
     # keeps concurrent callers (dashboard threads) from seeing the map mid-update.
+    embedding, params = reducer.model, reducer.params
     n_train = embedding.shape[0]
     perplexity = min(float(params["transform_perplexity"]), (n_train - 1) / 3)
     with _TSNE_LOCK:
@@ -334,14 +351,41 @@ def fit_reducer(
     random_state: int | None = 0,
     **params: Any,
 ) -> FittedReducer:
-    """Fit ``method`` ("pca", "tsne" or "umap") on the rows of ``X``.
+    """Fit the registered map ``method`` ("pca", "tsne", "umap", ...) on the rows of ``X``.
 
     Extra keyword parameters go to the method (see ``_TSNE_DEFAULTS``/``_UMAP_DEFAULTS``);
     ``standardize=True`` scales every column to zero mean and unit variance first (off by default:
     raw activations share a scale and scaling would amplify near-dead channels).
     """
-    method = _check_method(method)
-    X = _check_X(X, "X", min_samples=MIN_SAMPLES[method])
+    fit = _check_method(method).fit_function()
+    return fit(X, n_components=n_components, random_state=random_state, **params)
+
+
+def fit_pca(X: Any, *, n_components: int = 2, random_state: int | None = 0,
+            **params: Any) -> FittedReducer:
+    """PCA of the rows of ``X`` (plain arrays kept: nothing to unpickle)."""
+    return _fit("pca", X, n_components, random_state, params, _fit_pca)
+
+
+def fit_tsne(X: Any, *, n_components: int = 2, random_state: int | None = 0,
+             **params: Any) -> FittedReducer:
+    """openTSNE map of the rows of ``X`` (parameters: ``_TSNE_DEFAULTS``)."""
+    return _fit("tsne", X, n_components, random_state, params, _fit_tsne)
+
+
+def fit_umap(X: Any, *, n_components: int = 2, random_state: int | None = 0,
+             **params: Any) -> FittedReducer:
+    """umap-learn map of the rows of ``X`` (parameters: ``_UMAP_DEFAULTS``)."""
+    return _fit("umap", X, n_components, random_state, params, _fit_umap)
+
+
+_Core = Callable[..., FittedReducer]  # (X, n_components, random_state, params, common)
+
+
+def _fit(method: str, X: Any, n_components: Any, random_state: Any, params: dict,
+         core: _Core) -> FittedReducer:
+    """What every built-in fit shares: checks, optional standardising, the recorded params."""
+    X = _check_X(X, "X", min_samples=_check_method(method).min_samples)
     random_state = _check_random_state(random_state)
     standardize = params.pop("standardize", False)
     if not isinstance(standardize, (bool, np.bool_)):
@@ -365,12 +409,7 @@ def fit_reducer(
         "n_features": int(X.shape[1]),
         "dtype": str(X.dtype),
     }
-    if method == "pca":
-        reducer = _fit_pca(X, n_components, random_state, params, common)
-    elif method == "tsne":
-        reducer = _fit_tsne(X, n_components, random_state, params, common)
-    else:
-        reducer = _fit_umap(X, n_components, random_state, params, common)
+    reducer = core(X, n_components, random_state, params, common)
     reducer.scaler = scaler
     reducer.params = _jsonable(reducer.params)
     reducer.diagnostics = _jsonable(reducer.diagnostics)
@@ -380,8 +419,6 @@ def fit_reducer(
 def _fit_pca(
     X: np.ndarray, n_components: Any, random_state: int | None, params: dict, common: dict
 ) -> FittedReducer:
-    from sklearn.decomposition import PCA
-
     _unknown_params("pca", params, set())
     n, d = X.shape
     n_components = _check_int("n_components", n_components, 1, min(n, d))
@@ -416,7 +453,7 @@ def _fit_pca(
 def _fit_tsne(
     X: np.ndarray, n_components: Any, random_state: int | None, params: dict, common: dict
 ) -> FittedReducer:
-    import openTSNE
+    import openTSNE  # lazy: seconds to import; only t-SNE fits need it
 
     _unknown_params("tsne", params, set(_TSNE_DEFAULTS))
     n = X.shape[0]
@@ -440,24 +477,8 @@ def _fit_tsne(
     if p["negative_gradient_method"] == "auto":
         # openTSNE picks FFT from 10 000 points, but its FFT only handles 1-D and 2-D maps.
         p["negative_gradient_method"] = "fft" if n >= 10_000 and n_components <= 2 else "bh"
-    tsne = openTSNE.TSNE(
-        n_components=n_components,
-        perplexity=p["perplexity"],
-        learning_rate=p["learning_rate"],
-        early_exaggeration_iter=p["early_exaggeration_iter"],
-        early_exaggeration=p["early_exaggeration"],
-        n_iter=p["n_iter"],
-        exaggeration=p["exaggeration"],
-        dof=p["dof"],
-        theta=p["theta"],
-        initialization=p["initialization"],
-        metric=p["metric"],
-        neighbors=p["neighbors"],
-        negative_gradient_method=p["negative_gradient_method"],
-        n_jobs=p["n_jobs"],
-        random_state=random_state,
-        verbose=False,
-    )
+    tsne = openTSNE.TSNE(n_components=n_components, random_state=random_state, verbose=False,
+                         **{name: p[name] for name in _TSNE_ARGS})
     embedding = tsne.fit(X)
     # Centre the map the way openTSNE's transform does, so new points land in this frame.
     embedding -= (np.max(embedding, axis=0) + np.min(embedding, axis=0)) / 2
@@ -502,20 +523,8 @@ def _fit_umap(
     else:
         p["n_jobs"] = -1 if p["n_jobs"] is None else _check_n_jobs(p["n_jobs"])
         p["transform_seed"] = 42  # umap-learn's default
-    model = umap.UMAP(
-        n_components=n_components,
-        n_neighbors=p["n_neighbors"],
-        min_dist=p["min_dist"],
-        spread=p["spread"],
-        metric=p["metric"],
-        n_epochs=p["n_epochs"],
-        init=p["init"],
-        low_memory=p["low_memory"],
-        n_jobs=p["n_jobs"],
-        random_state=random_state,
-        transform_seed=p["transform_seed"],
-        verbose=False,
-    )
+    model = umap.UMAP(n_components=n_components, random_state=random_state, verbose=False,
+                      **{name: p[name] for name in _UMAP_ARGS})
     model.fit(X)
     return FittedReducer(
         method="umap",
@@ -533,24 +542,8 @@ def _fit_umap(
 
 def reducer_files(method: str) -> tuple[str, ...]:
     """File names a saved reducer of ``method`` consists of (relative to its directory)."""
-    method = _check_method(method)
-    return ("pca.npz",) if method == "pca" else (f"{method}.npz", f"{method}.pkl")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and ``os.replace`` (no torn files)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    spec = _check_method(method)
+    return (f"{method}.npz", f"{method}.pkl") if spec.pickled else (f"{method}.npz",)
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -559,15 +552,15 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def save_reducer(reducer: FittedReducer, directory: Path) -> dict[str, str]:
-    """Write ``reducer`` to ``directory``; returns ``{file name: sha256 hex}`` for the manifest.
+def reducer_payloads(reducer: FittedReducer) -> dict[str, bytes]:
+    """``{file name: bytes}`` of a fitted reducer, as ``save_reducer`` writes them.
 
-    PCA is stored as plain arrays (``pca.npz``). t-SNE/UMAP also need their fitted object, which
-    only pickle can store (``<method>.pkl``); points, params and versions go to ``<method>.npz``.
+    Points, params and versions go to ``<method>.npz``; a method stored as plain arrays (PCA)
+    keeps its model there too, any other needs its fitted object, which only pickle can store
+    (``<method>.pkl``).
     """
-    method = _check_method(reducer.method)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    method = reducer.method
+    spec = _check_method(method)
     meta = {
         "format": FORMAT_VERSION,
         "method": method,
@@ -582,19 +575,33 @@ def save_reducer(reducer: FittedReducer, directory: Path) -> dict[str, str]:
     }
     if reducer.scaler is not None:
         arrays["scaler_mean"], arrays["scaler_std"] = reducer.scaler
-    payloads = {}
-    if method == "pca":
+    npz_name, *pkl_name = reducer_files(method)
+    if not spec.pickled:
         for key, value in reducer.model.items():
-            arrays[f"pca_{key}"] = np.asarray(value)
-        payloads["pca.npz"] = _npz_bytes(arrays)
-    else:
-        payloads[f"{method}.npz"] = _npz_bytes(arrays)
-        payloads[f"{method}.pkl"] = pickle.dumps(reducer.model, protocol=pickle.HIGHEST_PROTOCOL)
-    hashes = {}
-    for name, data in payloads.items():
-        hashes[name] = hashlib.sha256(data).hexdigest()
-        _atomic_write(directory / name, data)
-    return hashes
+            arrays[f"{method}_{key}"] = np.asarray(value)
+    payloads = {npz_name: _npz_bytes(arrays)}
+    if pkl_name:
+        payloads[pkl_name[0]] = pickle.dumps(reducer.model, protocol=pickle.HIGHEST_PROTOCOL)
+    return payloads
+
+
+def save_reducer(reducer: FittedReducer, directory: Path) -> dict[str, str]:
+    """Write ``reducer`` to ``directory`` (each file atomically); returns ``{file name: sha256
+    hex}`` for the manifest."""
+    return artifacts.write_files(directory, reducer_payloads(reducer))
+
+
+#: Imports to make before unpickling a model that depends on a library (keeps TensorFlow out).
+_BEFORE_UNPICKLE: dict[str, Callable[[], Any]] = {"umap-learn": _import_umap}
+
+
+def _stored_rows(model: Any) -> int | None:
+    """How many fitted points an unpickled model holds (None when it does not say)."""
+    if hasattr(model, "embedding_"):
+        return int(np.asarray(model.embedding_).shape[0])
+    if isinstance(model, np.ndarray):  # openTSNE's TSNEEmbedding is an ndarray
+        return int(model.shape[0])
+    return None
 
 
 def load_reducer(
@@ -611,32 +618,15 @@ def load_reducer(
     major.minor version of the libraries they depend on are refused too: they may load but behave
     differently. ``run`` only makes the "re-run" hint concrete.
     """
-    method = _check_method(method)
-    directory = Path(directory)
+    spec = _check_method(method)
     hint = f"re-run `python -m app reduce {run or '<run>'}`"
-    blobs: dict[str, bytes] = {}
-    for name in reducer_files(method):
-        path = directory / name
-        expected = (expected_sha256 or {}).get(name)
-        if not expected:
-            raise ReducerLoadError(
-                f"no expected SHA-256 for {name} (the manifest does not list it); {hint}"
-            )
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ReducerLoadError(f"missing file {path}; {hint}") from None
-        except OSError as exc:
-            raise ReducerLoadError(f"could not load {path}: {exc}; {hint}") from exc
-        found = hashlib.sha256(data).hexdigest()
-        if found != expected.strip().lower():
-            raise ReducerLoadError(
-                f"SHA-256 mismatch for {path}: expected {expected}, found {found}; the file was "
-                f"changed or corrupted after it was written; {hint}"
-            )
-        blobs[name] = data
+    names = reducer_files(method)
+    try:
+        blobs = artifacts.read_verified_files(Path(directory), expected_sha256, names, hint)
+    except artifacts.ArtifactError as exc:
+        raise ReducerLoadError(str(exc)) from exc.__cause__
 
-    npz_name = reducer_files(method)[0]
+    npz_name = names[0]
     try:
         with np.load(io.BytesIO(blobs[npz_name]), allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -650,9 +640,9 @@ def load_reducer(
         )
 
     versions = meta.get("versions", {})
-    if method in _PICKLE_LIBRARIES:
+    if spec.pickled:
         installed = _library_versions()
-        for lib in _PICKLE_LIBRARIES[method]:
+        for lib in spec.libraries:
             stored, now = versions.get(lib), installed.get(lib)
             if stored is None or now is None or _major_minor(stored) != _major_minor(now):
                 raise ReducerLoadError(
@@ -664,20 +654,18 @@ def load_reducer(
     if "scaler_mean" in arrays:
         scaler = (arrays.pop("scaler_mean"), arrays.pop("scaler_std"))
     points = arrays.pop("points")
-    if method == "pca":
-        model = {key[len("pca_"):]: value for key, value in arrays.items()}
+    if not spec.pickled:
+        model = {key[len(method) + 1:]: value for key, value in arrays.items()}
     else:
-        pkl_name = f"{method}.pkl"
-        if method == "umap":
-            _import_umap()  # unpickling imports umap; keep TensorFlow out of it
-        else:
-            import openTSNE  # noqa: F401
+        pkl_name = names[1]
+        for lib in spec.libraries:
+            _BEFORE_UNPICKLE.get(lib, lambda: None)()
         try:
             model = pickle.loads(blobs[pkl_name])  # the bytes whose hash was verified above
         except Exception as exc:  # unpickling can raise anything
             raise ReducerLoadError(f"could not load {pkl_name}: {exc!r}; {hint}") from exc
-        n_rows = np.asarray(model if method == "tsne" else model.embedding_).shape[0]
-        if n_rows != points.shape[0]:
+        n_rows = _stored_rows(model)
+        if n_rows is not None and n_rows != points.shape[0]:
             raise ReducerLoadError(
                 f"could not load {pkl_name}: it holds {n_rows} points but {npz_name} holds "
                 f"{points.shape[0]}; {hint}"
@@ -771,8 +759,6 @@ class StreamingProjector:
                     f"max_memory_bytes={self.max_memory_bytes}. Use method='sparse_random', "
                     "fewer components, or raise max_memory_bytes."
                 )
-            from sklearn.decomposition import IncrementalPCA
-
             self._ipca = IncrementalPCA(n_components=self.n_components, copy=False)
 
     def _ipca_memory_estimate(self) -> int:

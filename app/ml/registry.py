@@ -43,6 +43,14 @@ class ReducerSpec:
 
     ``fit`` is called as ``fit(X, n_components=..., random_state=..., **params)`` and returns an
     ``app.ml.reduce.FittedReducer``. ``pipeline_params`` are what ``reduce`` passes by default.
+
+    How a fitted map places new vectors and is stored: ``transform`` is called as
+    ``transform(reducer, X)`` (default: ``reducer.model.transform(X)``, any scikit-learn-like
+    object); ``pickled`` stores ``reducer.model`` as ``<name>.pkl`` next to ``<name>.npz``
+    (False: the model is a dict of arrays kept in the npz, nothing unpickled). ``libraries``
+    must keep their major.minor version for a pickle to be trusted. ``map_3d`` is how the
+    pipeline gets a third axis: "nested" (fit 3 components, the 2-D map is the first two),
+    "refit" (a second 3-component fit whose third axis is kept, not its reducer) or None.
     """
 
     name: str
@@ -52,9 +60,15 @@ class ReducerSpec:
     min_samples: int = 2
     pipeline_params: dict[str, Any] = field(default_factory=dict)
     libraries: tuple[str, ...] = ("numpy", "scikit-learn")
+    transform: str | Callable[..., Any] | None = None
+    pickled: bool = True
+    map_3d: str | None = None
 
     def fit_function(self) -> Callable[..., Any]:
         return _resolve(self.fit)
+
+    def transform_function(self) -> Callable[..., Any] | None:
+        return None if self.transform is None else _resolve(self.transform)
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,7 @@ register_reducer(ReducerSpec(
     description="Principal components: a linear projection that keeps the most variance; "
                 "exact, fast, and the axes carry their explained-variance share.",
     fit="app.ml.reduce:fit_pca", min_samples=2,
+    transform="app.ml.reduce:pca_transform", pickled=False, map_3d="nested",
 ))
 register_reducer(ReducerSpec(
     name="tsne", label="t-SNE",
@@ -152,12 +167,14 @@ register_reducer(ReducerSpec(
                 "far-apart groups mean little.",
     fit="app.ml.reduce:fit_tsne", min_samples=10,
     libraries=("openTSNE", "numpy", "scipy", "scikit-learn"),
+    transform="app.ml.reduce:tsne_transform",
 ))
 register_reducer(ReducerSpec(
     name="umap", label="UMAP",
     description="umap-learn: neighbourhoods like t-SNE, with more of the global layout kept.",
     fit="app.ml.reduce:fit_umap", min_samples=10,
     libraries=("umap-learn", "pynndescent", "numba", "numpy", "scipy", "scikit-learn"),
+    map_3d="refit",
 ))
 
 register_explainer(ExplainerSpec(

@@ -403,7 +403,7 @@ def labels_for_k(run: EmbeddingsRun, k: int) -> tuple[np.ndarray, str]:
     """K-means labels for ``k`` and where they came from.
 
     Stored sweep labels first, then the stored ``cluster`` column (chosen k), then
-    ``app.pipeline.recluster`` when that exists, else a seeded scikit-learn K-means.
+    ``app.ml.apply.recluster`` when that exists, else a seeded scikit-learn K-means.
     """
     k = int(k)
     sweep, labels = run.sweep or {}, run.sweep_labels
@@ -413,7 +413,7 @@ def labels_for_k(run: EmbeddingsRun, k: int) -> tuple[np.ndarray, str]:
     if "cluster" in run.tiles and sweep.get("chosen_k") == k:
         return run.tiles["cluster"].to_numpy(dtype=np.int32), "stored"
     try:
-        from app.pipeline import recluster  # imported on demand: may be heavy
+        from app.ml.apply import recluster  # imported on demand: may be heavy
     except ImportError:
         recluster = None
     if recluster is not None:

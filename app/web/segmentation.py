@@ -140,7 +140,7 @@ def place_upload(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
     out["neighbours"] = [(str(tiles["tile_id"].iat[r]), s) for r, s in near]
     methods = analysis.available_methods(tiles)
     try:
-        from app.pipeline import place_new
+        from app.ml.apply import place_new
 
         placed = place_new(run, vec)
         out["coords"] = {m: [float(v[0]), float(v[1])] for m, v in placed.items() if m in methods}

@@ -120,7 +120,7 @@ def start_warm_up() -> threading.Thread | None:
             if run is not None and len(run.vectors):
                 # Load the reducers and compile their transforms (UMAP's numba JIT alone is
                 # ~10 s): the first upload's "place on the maps" then costs what later ones do.
-                from app.pipeline import place_new
+                from app.ml.apply import place_new
 
                 started = time.perf_counter()
                 place_new(run, np.asarray(run.vectors[0], dtype=np.float32))

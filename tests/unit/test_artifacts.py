@@ -8,6 +8,7 @@ import pytest
 from app import artifacts
 from app.artifacts import ArtifactError
 from app.ml.unet import build_unet
+from tests.fixture_run import make_fixture_run
 
 
 def _save(store: Path, run_id: str = "r1", seed: int = 0):
@@ -85,3 +86,48 @@ def test_failed_save_keeps_previous_run(tmp_path: Path, monkeypatch) -> None:
         _save(tmp_path, seed=1)
     assert artifacts.read_model_manifest("r1", tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]
+
+
+# --------------------------------------------------------------------------- embeddings writers
+
+
+def test_writers_and_readers_share_one_path_table(tmp_path: Path) -> None:
+    run_id = make_fixture_run(tmp_path, n=12, seed=0)  # built through the artifacts writers
+    run = artifacts.EmbeddingsRun.open(run_id, tmp_path, check_model=False)
+    tid = str(run.tiles["tile_id"].iat[0])
+    for kind in artifacts.THUMB_KINDS:
+        assert run.file_for(kind, tid) == run.path / artifacts.tile_file(kind, tid)
+    assert run.manifest["files"] == artifacts.hash_files(run.path)
+    files = run.manifest["reduce"]["files"]
+    for name in (artifacts.COORDS_FILE, artifacts.SWEEP_FILE, artifacts.LABELS_FILE):
+        key = artifacts.reduced_file(name)
+        assert files[key] == artifacts.sha256_file(run.path / key)
+    np.testing.assert_array_equal(run.vectors_float32(), np.asarray(run.vectors, np.float32))
+    assert run.reduce_info()["chosen_k"] == run.sweep["chosen_k"]
+
+
+def test_memo_computes_once_per_key(tmp_path: Path) -> None:
+    run = artifacts.EmbeddingsRun(run_id="r", path=tmp_path, manifest={})
+    calls = []
+    assert run.memo("a", lambda: calls.append(1) or 41) == 41
+    assert run.memo("a", lambda: calls.append(1) or 42) == 41 and calls == [1]
+    with pytest.raises(ZeroDivisionError):
+        run.memo("b", lambda: 1 / 0)
+    assert run.memoized("a") and not run.memoized("b")  # a failure stores nothing
+    run.forget("a")
+    assert run.memo("a", lambda: 43) == 43
+    with pytest.raises(ArtifactError, match="no maps yet"):
+        run.reduce_info()
+
+
+def test_verified_files_are_refused_when_changed(tmp_path: Path) -> None:
+    hashes = artifacts.write_files(tmp_path / "d", {"a.bin": b"one", "b.bin": b"two"})
+    blobs = artifacts.read_verified_files(tmp_path / "d", hashes, ("a.bin", "b.bin"), "hint")
+    assert blobs == {"a.bin": b"one", "b.bin": b"two"}
+    (tmp_path / "d" / "b.bin").write_bytes(b"TWO")
+    with pytest.raises(ArtifactError, match=r"SHA-256 mismatch .*b\.bin.*; hint"):
+        artifacts.read_verified_files(tmp_path / "d", hashes, ("a.bin", "b.bin"), "hint")
+    with pytest.raises(ArtifactError, match="does not list it"):
+        artifacts.read_verified_files(tmp_path / "d", {}, ("a.bin",), "hint")
+    with pytest.raises(ArtifactError, match="missing file"):
+        artifacts.read_verified_files(tmp_path / "d", {"c.bin": "0" * 64}, ("c.bin",), "hint")

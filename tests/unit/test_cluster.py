@@ -20,6 +20,7 @@ from app.ml.cluster import (
     silhouette_per_sample,
     validate_k,
 )
+from app.ml.neighbours import nearest_rows
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +217,39 @@ def test_nearest_to_centroid(blobs, sweep):
     assert len(everything) == len(members)
     with pytest.raises(ValueError, match=r"The 'cluster' parameter must be an int in \[0, 3\]"):
         nearest_to_centroid(X, labels, centroids, cluster=4)
+
+
+# ------------------------------------------------------------------------- nearest neighbours
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_nearest_rows_match_brute_force(metric):
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(200, 16)).astype(np.float32)
+    X = data.astype(np.float64)
+    if metric == "cosine":
+        unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+        score, sign = unit @ unit[17], -1
+    else:
+        score, sign = np.linalg.norm(X - X[17], axis=1), 1
+    order = np.argsort(sign * score, kind="stable")
+    # A stored row's neighbours (itself left out), with and without precomputed norms...
+    sq = np.einsum("ij,ij->i", data, data)
+    for kwargs in ({}, {"norms": np.sqrt(sq), "sqnorms": sq}):
+        got = nearest_rows(data, data[17], 8, metric=metric, exclude=17, **kwargs)
+        expected = [int(i) for i in order if i != 17][:8]
+        assert [r for r, _ in got] == expected
+        np.testing.assert_allclose([s for _, s in got], score[expected], rtol=1e-4, atol=1e-4)
+    # ... and an outside query's (it may be its own nearest).
+    got = nearest_rows(data, data[17], 5, metric=metric)
+    assert got[0][0] == 17 and len(got) == 5
+    with pytest.raises(ValueError, match="metric"):
+        nearest_rows(data, data[0], 3, metric="manhattan")
+
+
+def test_nearest_rows_are_clamped_to_the_data():
+    data = np.eye(3, dtype=np.float32)
+    assert len(nearest_rows(data, data[0], 10, exclude=0)) == 2
+    assert len(nearest_rows(data, data[0], 10)) == 3
+    assert nearest_rows(data[:1], data[0], 5, exclude=0) == []
+    assert nearest_rows(data, np.zeros(3, np.float32), 2)[0][1] == 0.0  # zero query: no NaN

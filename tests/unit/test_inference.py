@@ -329,7 +329,7 @@ def test_start_warm_up_warms_the_served_model(monkeypatch: pytest.MonkeyPatch) -
     thread.join(timeout=300)
     assert not thread.is_alive()
     assert inference.get_service(config.DEMO_MODEL_RUN).warmed
-    assert "reducers" in state.get_run(state.default_run_id())._cache  # loaded, transforms run
+    assert state.get_run(state.default_run_id()).memoized("reducers")  # loaded, transforms run
     inference.forget_services()
 
 

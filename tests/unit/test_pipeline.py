@@ -1,4 +1,4 @@
-"""app.pipeline: embed (atomic, hash-tied to the model) → reduce → dashboard helpers."""
+"""app.pipeline: embed (atomic, hash-tied to the model) → reduce; then app.ml.apply on the run."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from app import artifacts, pipeline
 from app.artifacts import ArtifactError, EmbeddingsRun
 from app.data.dataset import TileDataset
-from app.ml import extract
+from app.ml import apply, extract
 from tests.unit.test_extract import N_TILES, make_dataset, make_model
 
 
@@ -168,20 +168,21 @@ def test_reduce_never_runs_the_network(env: dict, monkeypatch) -> None:
 
 def test_recluster(reduced) -> None:
     run = reduced
-    np.testing.assert_array_equal(pipeline.recluster(run, 3),
+    np.testing.assert_array_equal(apply.recluster(run, 3),
                                   run.sweep_labels[run.sweep["k"].index(3)])
-    five = pipeline.recluster(run, 5)  # not in the sweep: fitted with the run's seed
+    five = apply.recluster(run, 5)  # not in the sweep: fitted with the run's seed
     assert five.shape == (N_TILES,) and len(np.unique(five)) == 5
-    run._cache.pop("recluster")
-    np.testing.assert_array_equal(pipeline.recluster(run, 5), five)
+    assert run.memoized(("recluster", 5))
+    run.forget(("recluster", 5))
+    np.testing.assert_array_equal(apply.recluster(run, 5), five)
     with pytest.raises(ValueError, match="'k'"):
-        pipeline.recluster(run, 1)
+        apply.recluster(run, 1)
 
 
 def test_place_new_and_embed_for_run(env: dict, reduced) -> None:
     run = reduced
     i = 5
-    placed = pipeline.place_new(run, np.asarray(run.vectors[i], dtype=np.float32))
+    placed = apply.place_new(run, np.asarray(run.vectors[i], dtype=np.float32))
     assert set(placed) == {"pca", "tsne"}
     row = run.tiles.iloc[i]
     np.testing.assert_allclose(placed["pca"], row[["pca_x", "pca_y", "pca_z"]].astype(float),
@@ -190,11 +191,11 @@ def test_place_new_and_embed_for_run(env: dict, reduced) -> None:
     assert _rank_of_own_tile(run, "tsne", i, placed["tsne"]) <= 3
     # An "upload" of a stored tile's image gives its stored vector and map position.
     tid = row["tile_id"]
-    vec, prob = pipeline.embed_for_run(run, env["model"], env["dataset"].image(tid))
+    vec, prob = apply.embed_for_run(run, env["model"], env["dataset"].image(tid))
     assert prob.shape == (64, 64)
     np.testing.assert_allclose(vec, run.vectors[i].astype(np.float32), rtol=2e-3, atol=1e-3)
     with pytest.raises(ValueError, match="256 values"):
-        pipeline.place_new(run, np.zeros(10))
+        apply.place_new(run, np.zeros(10))
 
 
 @pytest.mark.slow
@@ -213,7 +214,7 @@ def test_reduce_with_umap_and_3d(env: dict) -> None:
     umap_xy = run.tiles[["umap_x", "umap_y"]].to_numpy(float)
     ranks = []
     for i in range(6):
-        placed = pipeline.place_new(run, np.asarray(run.vectors[i], dtype=np.float32))
+        placed = apply.place_new(run, np.asarray(run.vectors[i], dtype=np.float32))
         assert set(placed) == {"pca", "tsne", "umap"} and len(placed["pca"]) == 3
         assert _rank_of_own_tile(run, "tsne", i, placed["tsne"]) <= 3
         d = np.linalg.norm(umap_xy - np.asarray(placed["umap"]), axis=1)
@@ -222,6 +223,6 @@ def test_reduce_with_umap_and_3d(env: dict) -> None:
     assert np.median(ranks) <= 2
     # Flatten runs rebuild their seeded projector for uploads.
     tid = run.tiles["tile_id"].iloc[3]
-    vec, _ = pipeline.embed_for_run(run, env["model"], env["dataset"].image(tid))
+    vec, _ = apply.embed_for_run(run, env["model"], env["dataset"].image(tid))
     np.testing.assert_allclose(vec, run.vectors[3].astype(np.float32), rtol=5e-3,
                                atol=5e-3 * float(np.abs(run.vectors[3]).max()))

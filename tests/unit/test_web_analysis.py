@@ -188,13 +188,13 @@ def test_labels_come_from_the_sweep_then_recluster(run: EmbeddingsRun, monkeypat
         calls.append(k)
         return {"labels": np.arange(len(r.tiles)) % k}
 
-    monkeypatch.setitem(sys.modules, "app.pipeline", types.SimpleNamespace(recluster=fake_recluster))
+    monkeypatch.setitem(sys.modules, "app.ml.apply", types.SimpleNamespace(recluster=fake_recluster))
     labels, source = analysis.labels_for_k(run, 9)
     assert calls == [9] and source == "re-clustered" and labels.max() == 8
 
 
 def test_recluster_falls_back_to_kmeans(run: EmbeddingsRun, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "app.pipeline", None)  # import fails
+    monkeypatch.setitem(sys.modules, "app.ml.apply", None)  # import fails
     labels, source = analysis.labels_for_k(run, 7)
     assert source == "re-clustered" and len(np.unique(labels)) == 7
     assert len(labels) == len(run.tiles)
