@@ -20,7 +20,6 @@ are held in memory only (see ``app.web.main.InMemoryUploadRequest``).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import math
@@ -35,7 +34,10 @@ from werkzeug.utils import secure_filename
 
 from app import artifacts, config
 from app.artifacts import ArtifactError
-from app.web import analysis, health, state
+from app.web import health, runs
+from app.web.images import png_bytes
+from app.web.logic import clusters
+from app.web.logic import tiles as tile_logic
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,10 @@ def _rounded(values: np.ndarray) -> list[float | None]:
 def points_payload(run: artifacts.EmbeddingsRun, method: str, k: int | None = None) -> bytes:
     """The encoded body of ``/api/points`` for a run, map and optional k."""
     tiles = run.tiles
-    x, y = analysis.map_coords(tiles, method)
-    version = state.run_version(run)
+    x, y = tile_logic.map_coords(tiles, method)
+    version = runs.run_version(run)
     if k is not None:
-        labelled = analysis.cached_labels(run.run_id, version, k)
+        labelled = clusters.cached_labels(run.run_id, version, k)
         cluster = None if labelled is None else np.asarray(labelled[0]).astype(int).tolist()
     elif "cluster" in tiles:
         cluster = tiles["cluster"].to_numpy(dtype=np.int64).tolist()
@@ -118,24 +120,24 @@ def points_payload(run: artifacts.EmbeddingsRun, method: str, k: int | None = No
 @bp.get("/points")
 def points() -> Response:
     """A map's ids, coordinates and clusters (see the module docstring)."""
-    run_id = request.args.get("run") or state.default_run_id()
+    run_id = request.args.get("run") or runs.default_run_id()
     method = request.args.get("method", "umap")
     if method not in METHODS:
         return error(400, f"method must be one of {', '.join(METHODS)}.")
     k_arg = request.args.get("k")
     k: int | None = None
     if k_arg is not None:
-        if not k_arg.isdigit() or int(k_arg) not in analysis.K_RANGE:
-            return error(400, f"k must be an integer from {analysis.K_RANGE[0]} to "
-                              f"{analysis.K_RANGE[-1]}.")
+        if not k_arg.isdigit() or int(k_arg) not in clusters.K_RANGE:
+            return error(400, f"k must be an integer from {clusters.K_RANGE[0]} to "
+                              f"{clusters.K_RANGE[-1]}.")
         k = int(k_arg)
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if run is None:
         return error(404, "unknown embeddings run.")
-    if method not in analysis.available_methods(run.tiles):
+    if method not in tile_logic.available_methods(run.tiles):
         return error(404, f"run {run.run_id} has no {method} map; compute it with "
                           f"`python -m app reduce {run.run_id}`.")
-    version = state.run_version(run)
+    version = runs.run_version(run)
     etag = f"{version}-{method}-{k or 0}"
     if request.if_none_match.contains(etag):
         response = Response(status=304)
@@ -179,7 +181,7 @@ def _model_service(model_arg: str | None) -> tuple[Any | None, Response | None]:
             return None, error(404, "unknown model run.")
         run_id: str | None = model_arg
     else:
-        run_id = health.model_run_for(state.get_run(state.default_run_id()))
+        run_id = runs.model_run_for(runs.get_run(runs.default_run_id()))
     if run_id is None:
         return None, error(503, "no model run is available to segment with; train one with "
                                 "`python -m app train`.")
@@ -198,14 +200,6 @@ def _model_service(model_arg: str | None) -> tuple[Any | None, Response | None]:
         return None, error(503, f"model run {run_id} cannot be used: "
                                 f"{health.tidy(str(exc)).splitlines()[0]}")
     return service, None
-
-
-def _mask_png(mask: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, "PNG", optimize=True)
-    return buf.getvalue()
 
 
 def building_stats(prob: np.ndarray, threshold: float,
@@ -267,7 +261,7 @@ def segment() -> Response:
     started = time.perf_counter()
     prob = service.segment_large(rgb)
     mask, stats = building_stats(prob, threshold)
-    png = _mask_png(mask)
+    png = png_bytes(mask)
     stats.update({
         "model": {"run": service.run_id, "sha256": service.sha256[:12]},
         "device": service.device, "ms": round((time.perf_counter() - started) * 1000, 1),

@@ -37,7 +37,7 @@ from flask import Flask, Request, Response, abort, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from app import config
-from app.web import api, health, ids, images, services, state
+from app.web import api, health, ids, images, runs
 from app.web.cache import cache, default_config
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,14 @@ def _nav_pages() -> list[dict[str, Any]]:
 
 def navbar() -> html.Header:
     """Brand, page links and the embeddings-run picker (hidden when there is only one run)."""
-    runs = state.list_embeddings_runs()
-    current = state.default_run_id()
+    run_ids = runs.list_embeddings_runs()
+    current = runs.default_run_id()
     links = [
         dcc.Link(p["name"], href=p["relative_path"], className="nav-link",
                  id={"type": ids.NAV_LINK, "index": p["relative_path"]})
         for p in _nav_pages()
     ]
-    picker_style = {} if len(runs) > 1 else {"display": "none"}
+    picker_style = {} if len(run_ids) > 1 else {"display": "none"}
     return html.Header([
         html.Div([
             html.Span(className="brand-mark", **{"aria-hidden": "true"}),
@@ -100,11 +100,11 @@ def navbar() -> html.Header:
         html.Div([
             html.Label("Embeddings run", htmlFor=ids.RUN, className="run-label"),
             html.Div(dcc.Dropdown(
-                id=ids.RUN, options=[{"label": r, "value": r} for r in runs], value=current,
+                id=ids.RUN, options=[{"label": r, "value": r} for r in run_ids], value=current,
                 clearable=False, searchable=False, className="run-dropdown",
             ), style=picker_style, className="run-dropdown-wrap"),
             html.Span(current or "no run", id=ids.RUN_LABEL, className="run-single",
-                      style={"display": "none"} if len(runs) > 1 else {}),
+                      style={"display": "none"} if len(run_ids) > 1 else {}),
         ], className="run-picker"),
     ], className="navbar")
 
@@ -370,7 +370,7 @@ def create_app(
     embeddings_root: Path | None = None,
 ) -> Dash:
     """Build the dashboard. ``embeddings_root`` (tests) replaces ``config.EMBEDDINGS_DIR``."""
-    state.configure(embeddings_run=embeddings_run, model_run=model_run, root=embeddings_root)
+    runs.configure(embeddings_run=embeddings_run, model_run=model_run, root=embeddings_root)
     _reset_page_callbacks()
     server = Flask("app")
     app = Dash(
@@ -418,7 +418,7 @@ def _get_default_app() -> Dash:
     with _default_lock:
         if _default_app is None:
             _default_app = create_app()
-            services.start_warm_up()  # each gunicorn worker, after the fork
+            runs.start_warm_up()  # each gunicorn worker, after the fork
     return _default_app
 
 
@@ -437,7 +437,7 @@ def run(
 ) -> None:
     """Serve the dashboard (development server, debug off, 127.0.0.1 unless told)."""
     app = create_app(model_run=model_run, embeddings_run=embeddings_run)
-    services.start_warm_up()
+    runs.start_warm_up()
     print(f"U-Net Lens on http://{host}:{port}/", flush=True)
     app.run(host=host, port=port, debug=False)
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from app import config
-from app.web import api, state
+from app.web import api, runs
 from tests.serving import linked_run, png_bytes, tiny_model_run
 
 
@@ -262,7 +262,7 @@ def test_segment_without_a_model_is_a_503(stores, tmp_path: Path, monkeypatch) -
                         cache_config={"CACHE_TYPE": "SimpleCache"}).server.test_client()
     r = client.post("/api/segment", data=png_bytes(), content_type="image/png")
     assert r.status_code == 503 and "python -m app train" in r.json["error"]
-    state.configure()
+    runs.configure()
 
 
 def test_unknown_api_paths_are_json_404s(client) -> None:

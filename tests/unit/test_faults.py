@@ -15,7 +15,7 @@ import pytest
 
 from app import config
 from app.cli import main as cli
-from app.web import health, state
+from app.web import health, runs
 from tests.serving import fake_model_run, linked_run
 
 MODEL, RUN = "fake-model", "served-run"
@@ -41,7 +41,7 @@ def site(pristine: Path, tmp_path: Path, monkeypatch) -> Path:
         monkeypatch.delenv(var, raising=False)
     health.forget()
     yield base
-    state.configure()
+    runs.configure()
     health.forget()
 
 
@@ -205,7 +205,7 @@ def test_reducer_that_cannot_be_loaded(site, client_for, capsys) -> None:
 
 
 def test_reducer_missing_from_the_manifest_is_reported_by_the_real_loader(site) -> None:
-    run = state.get_run(RUN) or pytest.fail("run should open")
+    run = runs.get_run(RUN) or pytest.fail("run should open")
     (site / "emb" / RUN / "reduced" / "reducers" / "pca.npz").unlink()
     assert "missing file" in health.reducer_problem(run, "pca", load=True)
     assert "missing file" in health.reducer_problem(run, "pca", load=False)
@@ -306,7 +306,7 @@ def test_unexpected_exception_is_a_plain_internal_error(site, client_for, monkey
         r = client.get(f"/api/points?run={RUN}&method=pca&k=3")
     assert r.status_code == 500 and r.json == {"error": "internal error"}
     assert any(rec.exc_info for rec in caplog.records)  # logged with its traceback
-    monkeypatch.setattr(images.state, "get_run", boom)
+    monkeypatch.setattr(images.runs, "get_run", boom)
     page = client.get(f"/img/{RUN}/thumb/x", headers={"Accept": "text/html"})
     assert page.status_code == 500 and page.data == b"internal error\n"
     assert page.mimetype == "text/plain"

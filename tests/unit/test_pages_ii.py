@@ -23,14 +23,16 @@ from dash._utils import AttributeDict
 from PIL import Image
 
 from app import artifacts, config
+from app.ml import evaluate as scoring
 from app.ml import inference
 from app.ml.inference import ModelService, ResultCache
 from app.ml.metrics import pixel_confusion
 from app.ml.unet import build_unet
-from app.web import evaluation as ev
-from app.web import segmentation as seg
-from app.web import services, state, uploads
+from app.web import components, figures, images, runs, uploads
 from app.web.background import ThreadManager
+from app.web.logic import evaluate as ev
+from app.web.logic import explain as xp_logic
+from app.web.logic import segment as seg
 from app.web.uploads import UploadError, parse_upload
 from tests.fixture_run import make_fixture_run
 
@@ -180,11 +182,11 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture(scope="module")
-def evaluated(small_run: Any, svc: ModelService) -> ev.Evaluation:
+def evaluated(small_run: Any, svc: ModelService) -> scoring.Evaluation:
     return ev.run_evaluation(small_run, svc, version="v", model_run="tiny")
 
 
-def test_evaluation_uses_test_tiles_with_truth(small_run: Any, evaluated: ev.Evaluation) -> None:
+def test_evaluation_uses_test_tiles_with_truth(small_run: Any, evaluated: scoring.Evaluation) -> None:
     ids, source, n = ev.evaluation_tiles(small_run)
     assert source == "test split" and ids == evaluated.tile_ids and n == len(ids) > 0
     tiles = small_run.tiles.set_index("tile_id")
@@ -194,33 +196,33 @@ def test_evaluation_uses_test_tiles_with_truth(small_run: Any, evaluated: ev.Eva
 
 
 def test_evaluation_counts_match_direct_confusion(small_run: Any, svc: ModelService,
-                                                  evaluated: ev.Evaluation) -> None:
-    n_pixels = sum(services.tile_truth(small_run, t).size for t in evaluated.tile_ids)
+                                                  evaluated: scoring.Evaluation) -> None:
+    n_pixels = sum(runs.tile_truth(small_run, t).size for t in evaluated.tile_ids)
     assert evaluated.positive.sum() + evaluated.negative.sum() == n_pixels
-    conf = ev.tile_confusion(evaluated, 0.5)
+    conf = scoring.tile_confusion(evaluated, 0.5)
     for i, tid in enumerate(evaluated.tile_ids[:5]):
-        truth = services.tile_truth(small_run, tid)
-        prob = services.resize_prob(svc.predict_tile(services.tile_image(small_run, tid)),
+        truth = runs.tile_truth(small_run, tid)
+        prob = images.resize_prob(svc.predict_tile(runs.tile_image(small_run, tid)),
                                     truth.shape)
         direct = pixel_confusion(truth, prob, 0.5)
         assert {k: int(conf[k][i]) for k in direct} == direct
-    total = ev.pixel_summary(evaluated, 0.5)
+    total = scoring.pixel_summary(evaluated, 0.5)
     assert total["tp"] == int(conf["tp"].sum()) and total["fp"] == int(conf["fp"].sum())
     assert "stored masks (64×64" in evaluated.resolution
 
 
-def test_evaluation_summaries_are_finite(small_run: Any, evaluated: ev.Evaluation) -> None:
+def test_evaluation_summaries_are_finite(small_run: Any, evaluated: scoring.Evaluation) -> None:
     for t in (0.05, 0.37, 0.5, 0.95):
         rows = ev.tile_rows(evaluated, small_run, t)
         assert len(rows) == len(evaluated.tile_ids) and rows[0]["id"] == rows[0]["tile_id"]
         assert all(np.isfinite(r[k]) for r in rows for k in ("precision", "recall", "iou"))
-        b = ev.building_summary(evaluated, t)
-        assert b["threshold"] in ev.BUILDING_THRESHOLDS and 0 <= b["f1"] <= 1
-    assert ev.building_summary(evaluated, 0.37)["threshold"] == 0.4
+        b = scoring.building_summary(evaluated, t)
+        assert b["threshold"] in scoring.BUILDING_THRESHOLDS and 0 <= b["f1"] <= 1
+    assert scoring.building_summary(evaluated, 0.37)["threshold"] == 0.4
     groups = ev.group_rows(evaluated, small_run, 0.5)
     assert sum(g["tiles"] for g in groups) == len(evaluated.tile_ids)
-    for fig in (ev.pr_figure(evaluated, 0.5), ev.threshold_figure(evaluated, 0.3),
-                ev.confusion_figure(ev.pixel_summary(evaluated, 0.5))):
+    for fig in (figures.pr_figure(evaluated, 0.5), figures.threshold_figure(evaluated, 0.3),
+                figures.confusion_figure(scoring.pixel_summary(evaluated, 0.5))):
         assert fig.to_plotly_json()["data"]
 
 
@@ -232,11 +234,11 @@ def test_damage_recall_is_the_count_weighted_tile_recall() -> None:
                               "dmg_no_damage": [0, 3, 1]})
         index = {"a": 0, "b": 1, "c": 2}
 
-    n = len(ev.BUILDING_THRESHOLDS)
+    n = len(scoring.BUILDING_THRESHOLDS)
     b = np.zeros((3, n, 3), np.int32)
     b[:, :, 0] = [[1], [3], [0]]  # tp
     b[:, :, 2] = [[1], [0], [3]]  # fn → recall a 0.5, b 1.0, c 0.0
-    fake = ev.Evaluation("r", "v", "m", "0" * 64, ["a", "b", "c"], "", "", np.zeros(1001),
+    fake = scoring.Evaluation("r", "v", "m", "0" * 64, ["a", "b", "c"], "", "", np.zeros(1001),
                          np.zeros(1001), np.zeros((3, 101)), np.zeros((3, 101)), b, 0.0, "CPU")
     rows = {r["damage"]: r for r in ev.damage_rows(fake, Run(), 0.5)}
     assert rows["destroyed"]["recall"] == pytest.approx((2 * 0.5 + 2 * 0.0) / 4)
@@ -249,7 +251,7 @@ def test_damage_recall_is_the_count_weighted_tile_recall() -> None:
 
 def test_analyse_segments_counts_and_compares(small_run: Any, svc: ModelService,
                                               flask_app: Any) -> None:
-    img = np.concatenate([services.tile_image(small_run, t)
+    img = np.concatenate([runs.tile_image(small_run, t)
                           for t in small_run.tiles["tile_id"][:3]], axis=1)  # 96 × 288
     up = uploads.Upload(image=img, name="mosaic.png", nbytes=1)
     with flask_app.server.app_context():
@@ -291,12 +293,12 @@ def test_mask_iou_and_small_copy() -> None:
 
 
 def test_computed_images_are_data_uris() -> None:
-    uri = services.data_uri(services.heat_rgba(np.linspace(0, 1, 64 * 64).reshape(64, 64)))
+    uri = images.data_uri(images.heat_rgba(np.linspace(0, 1, 64 * 64).reshape(64, 64)))
     assert uri.startswith("data:image/png;base64,")
-    big = services.data_uri(_rgb(2000, 1000), "JPEG")
+    big = images.data_uri(_rgb(2000, 1000), "JPEG")
     assert Image.open(io.BytesIO(base64.b64decode(big.split(",")[1]))).size == (384, 768)
-    assert services.timing_text(12.3, "CPU", False) == "computed in 12 ms (CPU)"
-    assert services.timing_text(0.42, "GPU", True, 80).startswith("from cache in 0.4 ms")
+    assert components.timing_text(12.3, "CPU", False) == "computed in 12 ms (CPU)"
+    assert components.timing_text(0.42, "GPU", True, 80).startswith("from cache in 0.4 ms")
 
 
 # ----------------------------------------------------------------------------- background manager
@@ -394,8 +396,8 @@ def test_explain_callbacks(flask_app: Any) -> None:
     from app.web import ids
 
     xp = sys.modules["app.web.pages.explain"]
-    run_id = state.default_run_id()
-    run = state.get_run(run_id)
+    run_id = runs.default_run_id()
+    run = runs.get_run(run_id)
     tile = run.tiles["tile_id"].iat[3]
     with flask_app.server.app_context():
         out = call(xp.setup, run_id, None)
@@ -422,17 +424,17 @@ def test_explain_callbacks(flask_app: Any) -> None:
                           triggered=((ids.XP_IMAGE_FIG, "relayoutData", {}),))
         assert data == {"box": [5.0, 9.0, 40.0, 30.0]} and "Box" in note
         tiles = call(xp.channel_tiles, 2, run_id)
-        assert len(tiles) == xp.N_CHANNEL_TILES and "/explain?" in _json(tiles[0])
+        assert len(tiles) == xp_logic.N_CHANNEL_TILES and "/explain?" in _json(tiles[0])
 
 
 def test_explain_page_helpers(flask_app: Any) -> None:
-    xp = sys.modules["app.web.pages.explain"]
+    xp = xp_logic
     assert xp.parse_box({"shapes[0].x0": 1, "shapes[0].y0": 2, "shapes[0].x1": 3,
                          "shapes[0].y1": 4}) == [1.0, 2.0, 3.0, 4.0]
     assert xp.parse_box({"xaxis.range[0]": 3}) is None and xp.parse_box(None) is None
     assert xp.parse_pixel({"points": [{"x": 3, "y": 7}]}) == [3.0, 7.0]
     assert xp.parse_pixel({}) is None
-    run = state.get_run(state.default_run_id())
+    run = runs.get_run(runs.default_run_id())
     assert xp.channel_info(run)[0] == 32
     run.manifest["representation"] = "flatten"
     try:
@@ -443,14 +445,14 @@ def test_explain_page_helpers(flask_app: Any) -> None:
     top = xp.top_tiles_for_channel(run, 5, n=4)
     values = [v for _, v in top]
     assert values == sorted(values, reverse=True)
-    assert len(xp.suggested_tiles(run)) == xp.N_SUGGEST
+    assert len(xp.suggested_tiles(run)) == xp_logic.N_SUGGEST
 
 
 def test_evaluate_callbacks(flask_app: Any) -> None:
     evp = sys.modules["app.web.pages.evaluate"]
-    run = state.get_run(state.default_run_id())
+    run = runs.get_run(runs.default_run_id())
     with flask_app.server.app_context():
-        info = services.model_for(run)
+        info = runs.model_for(run)
         result = evp.ensure_evaluation(run, info)
         ready = {"key": ev.cache_key(run.run_id, result.version, result.model_sha),
                  "run": run.run_id}
@@ -463,9 +465,9 @@ def test_evaluate_callbacks(flask_app: Any) -> None:
 
 def test_segment_download_and_gradcam(flask_app: Any) -> None:
     sg = sys.modules["app.web.pages.segment"]
-    run = state.get_run(state.default_run_id())
-    info = services.model_for(run)
-    img = services.tile_image(run, run.tiles["tile_id"].iat[0])
+    run = runs.get_run(runs.default_run_id())
+    info = runs.model_for(run)
+    img = runs.tile_image(run, run.tiles["tile_id"].iat[0])
     with flask_app.server.app_context():
         res = seg.analyse(uploads.Upload(image=img, name="tile.png", nbytes=1), run, info.service)
         result = {"key": res.key, "name": "tile.png", "run": run.run_id,
@@ -482,12 +484,12 @@ def test_segment_download_and_gradcam(flask_app: Any) -> None:
 def test_no_model_gives_a_clear_message(flask_app: Any, monkeypatch: pytest.MonkeyPatch,
                                         tmp_path: Path) -> None:
     monkeypatch.setattr(config, "MODEL_STORE", tmp_path)
-    info = services.model_for(state.get_run(state.default_run_id()))
+    info = runs.model_for(runs.get_run(runs.default_run_id()))
     assert not info.ok and "No model run 'fixture-model'" in info.message
 
 
 def test_tiling_description_follows_the_single_pass_limit() -> None:
-    from app.web.segmentation import tiling_description
+    from app.web.logic.segment import tiling_description
 
     assert tiling_description(1024, 1024, single_pass_max_pixels=1024 * 1024) == "one pass"
     assert tiling_description(1000, 1000, single_pass_max_pixels=1024 * 1024) == (
