@@ -35,6 +35,7 @@ from app.web.logic import explain as xp_logic
 from app.web.logic import segment as seg
 from app.web.uploads import UploadError, parse_upload
 from tests.fixture_run import make_fixture_run
+from tests.webapp import built_app
 
 # ----------------------------------------------------------------------------- files
 
@@ -356,8 +357,6 @@ def test_thread_manager_cancel_stops_at_the_next_progress() -> None:
 @pytest.fixture(scope="module")
 def flask_app(tmp_path_factory: pytest.TempPathFactory, unet: keras.Model) -> Any:
     """An app over a fixture run whose model (fixture-model, a tiny untrained U-Net) exists."""
-    from app.web.main import create_app
-
     store = tmp_path_factory.mktemp("pages-ii-models")
     artifacts.save_model_run(unet, "fixture-model", preset="light", input_size=None, dataset={},
                              split={}, params={}, metrics={}, history=[], store=store)
@@ -366,7 +365,7 @@ def flask_app(tmp_path_factory: pytest.TempPathFactory, unet: keras.Model) -> An
     mp = pytest.MonkeyPatch()
     mp.setattr(config, "MODEL_STORE", store)
     inference.forget_services()
-    app = create_app(embeddings_run=run_id, embeddings_root=root,
+    app = built_app(embeddings_run=run_id, embeddings_root=root,
                      cache_config={"CACHE_TYPE": "SimpleCache"})
     yield app
     mp.undo()

@@ -10,6 +10,7 @@ import pytest
 
 from app.web import ids, runs
 from tests.fixture_run import shared_fixture_run
+from tests.webapp import built_app
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,8 @@ def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def dash_app(fixture_root):
-    from app.web.main import create_app
-
     root, run_id = fixture_root
-    return create_app(embeddings_run=run_id, embeddings_root=root,
+    return built_app(embeddings_run=run_id, embeddings_root=root,
                       cache_config={"CACHE_TYPE": "SimpleCache"})
 
 
@@ -78,13 +77,11 @@ def test_no_external_resources_in_the_index(client) -> None:
     assert "/assets/style.css" in html
 
 
-def test_callbacks_are_registered_once_even_after_a_second_app(fixture_root) -> None:
-    from app.web.main import create_app
-
+def test_each_app_built_in_turn_has_every_callback_once(fixture_root) -> None:
     root, run_id = fixture_root
-    first = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
-    second = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
-    for app in (second, first):  # the first, never served before the second was built
+    first = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    second = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    for app in (second, first):  # built one after the other (see tests/webapp.py)
         client = app.server.test_client()
         outputs = [d["output"] for d in _dependencies(client)]
         assert len(outputs) == len(set(outputs))

@@ -12,6 +12,7 @@ from app.web.cache import cache, default_config
 from app.web.logic import clusters
 from tests.fixture_run import shared_fixture_run
 from tests.serving import redis_server
+from tests.webapp import built_app
 
 
 def test_default_is_a_file_system_cache(monkeypatch) -> None:
@@ -36,17 +37,15 @@ def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_file_system_cache_is_shared_between_apps(fixture_root, tmp_path: Path) -> None:
     """Two app instances (like two gunicorn workers) see each other's cached labels."""
-    from app.web.main import create_app
-
     root, run_id = fixture_root
     cfg = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(tmp_path / "cache")}
-    one = create_app(embeddings_root=root, cache_config=cfg)
+    one = built_app(embeddings_root=root, cache_config=cfg)
     run = runs.get_run(run_id)
     version = runs.run_version(run)
     with one.server.test_request_context():
         labels, _ = clusters.cached_labels(run_id, version, 7)
     assert any((tmp_path / "cache").iterdir())
-    two = create_app(embeddings_root=root, cache_config=cfg)
+    two = built_app(embeddings_root=root, cache_config=cfg)
     with two.server.test_request_context():
         assert cache.get(clusters.cached_labels.make_cache_key(
             clusters.cached_labels.uncached, run_id, version, 7)) is not None
@@ -63,11 +62,9 @@ def redis_url() -> Iterator[str]:
 def test_redis_cache_stores_cluster_labels(fixture_root, redis_url: str, monkeypatch) -> None:
     import redis
 
-    from app.web.main import create_app
-
     root, run_id = fixture_root
     monkeypatch.setenv("UNET_LENS_REDIS_URL", redis_url)
-    app = create_app(embeddings_root=root)  # cache config from the environment
+    app = built_app(embeddings_root=root)  # cache config from the environment
     run = runs.get_run(run_id)
     with app.server.test_request_context():
         labels, source = clusters.cached_labels(run_id, runs.run_version(run), 8)

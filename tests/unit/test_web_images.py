@@ -10,6 +10,7 @@ import pytest
 from app.artifacts import THUMB_KINDS
 from app.web.images import CACHE_CONTROL, img_url
 from tests.fixture_run import shared_fixture_run
+from tests.webapp import built_app
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +24,9 @@ def client_for(tmp_path: Path):
     """A test client of an app over its own copy of the fixture run (tests may damage it)."""
 
     def make(src_root: Path, run_id: str):
-        from app.web.main import create_app
-
         root = tmp_path / "emb"
         shutil.copytree(src_root / run_id, root / run_id)
-        app = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+        app = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
         return app.server.test_client(), root / run_id
 
     return make
@@ -35,10 +34,8 @@ def client_for(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def client(fixture_root: tuple[Path, str]):
-    from app.web.main import create_app
-
     root, _ = fixture_root
-    app = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    app = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
     return app.server.test_client()
 
 

@@ -15,16 +15,15 @@ from dash._utils import AttributeDict
 
 from app.web import ids, runs
 from tests.fixture_run import shared_fixture_run
+from tests.webapp import built_app
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     """(explore module, clusters module, run id, app) for an app over the fixture run."""
-    from app.web.main import create_app
-
     root = tmp_path_factory.getbasetemp() / "web-fixture"
     run_id = shared_fixture_run(root)
-    app = create_app(embeddings_run=run_id, embeddings_root=root,
+    app = built_app(embeddings_run=run_id, embeddings_root=root,
                      cache_config={"CACHE_TYPE": "SimpleCache"})
     return (sys.modules["app.web.pages.explore"], sys.modules["app.web.pages.clusters"], run_id,
             app)
@@ -252,9 +251,7 @@ def test_cached_helpers_use_the_flask_cache(env, monkeypatch) -> None:
 
 
 def test_empty_embeddings_folder_gives_empty_states(tmp_path: Path) -> None:
-    from app.web.main import create_app
-
-    create_app(embeddings_root=tmp_path, cache_config={"CACHE_TYPE": "SimpleCache"})
+    built_app(embeddings_root=tmp_path, cache_config={"CACHE_TYPE": "SimpleCache"})
     explore = sys.modules["app.web.pages.explore"]
     clusters = sys.modules["app.web.pages.clusters"]
     assert runs.default_run_id() is None
