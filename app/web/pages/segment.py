@@ -66,7 +66,7 @@ def summary_block(res: seg.SegmentResult) -> html.Div:
 
 
 def image_block(res: seg.SegmentResult) -> list[Any]:
-    """Upload, mask overlay, probability map and (filled later) the Grad-CAM."""
+    """Upload, mask overlay and probability map (the Grad-CAM beside them is filled later)."""
     mask_disp = images.resize_mask(res.mask, res.image.shape[:2])
     legend = html.Span([html.Span("0"), html.Span(className="prob-bar"), html.Span("1")],
                        className="prob-legend")
@@ -77,9 +77,6 @@ def image_block(res: seg.SegmentResult) -> list[Any]:
                        cid=ids.SG_MASK_IMG),
         components.figure(images.data_uri(images.colourise(res.prob, "Viridis")),
                        "building probability", note=legend),
-        dcc.Loading(html.Div(components.placeholder("Grad-CAM (bottleneck)", "computing…"),
-                             id=ids.SG_GRADCAM), type="dot", delay_show=200,
-                    parent_className="lens-loading"),
     ]
 
 
@@ -188,7 +185,12 @@ def layout(**_: Any) -> html.Div:
                 html.Button("Download mask PNG", id=ids.SG_DOWNLOAD_BTN, n_clicks=0,
                             className="btn btn-primary"),
             ], className="panel result-panel"),
-            html.Div(id=ids.SG_IMAGES, className="lens-grid lens-grid-4"),
+            html.Div([
+                html.Div(id=ids.SG_IMAGES, className="lens-contents"),
+                dcc.Loading(html.Div(components.placeholder("Grad-CAM (bottleneck)", "computing…"),
+                                     id=ids.SG_GRADCAM), type="dot", delay_show=200,
+                            parent_className="lens-loading"),
+            ], className="lens-grid lens-grid-4"),
             components.panel("U-Net vs classical baselines", html.Div(id=ids.SG_BASELINES,
                                                             className="lens-grid lens-grid-3"),
                    hint="Otsu: brighter class of the luminance · K-means: palest, least "
