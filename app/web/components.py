@@ -14,10 +14,11 @@ from urllib.parse import urlencode
 
 from dash import dcc, html, no_update
 
+from app.artifacts import EmbeddingsRun
 from app.ml.metrics import ERROR_COLOURS
 from app.web import ids, runs
 from app.web.images import img_url
-from app.web.logic.tiles import tile_record
+from app.web.logic.tiles import available_methods, tile_record
 from app.web.theme import DAMAGE_COLOURS, DAMAGE_ORDER, cluster_colour
 
 
@@ -42,6 +43,33 @@ def empty_state(title: str, body: str | Sequence[Any] = "", cid: str | None = No
     kwargs = {"id": cid} if cid else {}
     return html.Div([html.Div(title, className="empty-title"), html.Div(body, className="empty-body")],
                     className="empty-state", **kwargs)
+
+
+#: The style that hides a page's content while its empty state explains why.
+HIDDEN: dict[str, str] = {"display": "none"}
+
+
+def run_gate(run: EmbeddingsRun | None, what: str, *, info: runs.ModelInfo | None = None,
+             maps: bool = False, need_run: bool = True) -> html.Div | None:
+    """The empty state a page shows instead of its content, or None when it can show it.
+
+    Every page asks the same questions of the picked run, in this order: is there an embeddings
+    run (``need_run``), does it have maps (``maps``), is there a model (``info``)? ``what`` is
+    the page's verb ("show", "explain", ...).
+    """
+    if run is None and need_run:
+        return empty_state(
+            f"No embeddings run to {what}",
+            ["Build the demo with ", html.Code("python -m app demo"), ", or embed and reduce a "
+             "model run (", html.Code("python -m app embed …"), " then ",
+             html.Code("python -m app reduce <run>"), ")."])
+    if run is not None and maps and not available_methods(run.tiles):
+        return empty_state(
+            f"Run {run.run_id} has no maps yet",
+            ["Compute them with ", html.Code(f"python -m app reduce {run.run_id}"), "."])
+    if info is not None and not info.ok:
+        return empty_state(f"No model to {what} with", info.message)
+    return None
 
 
 def img(run_id: str, kind: str, tile_id: str, version: str, alt: str, cls: str = "") -> html.Img:

@@ -123,12 +123,10 @@ def run_controls(run_id: str | None, method: str | None, label: str | None) -> t
     """k range (stored sweep k in bold), default k, map methods, truth labels to compare
     clusters with, or an empty state."""
     run = runs.get_run(run_id)
-    methods = tile_logic.available_methods(run.tiles) if run is not None else []
-    if run is None or not methods:
-        empty = components.empty_state(
-            "No clustered embeddings run to show",
-            ["Compute maps and a K-means sweep with ", html.Code("python -m app reduce <run>"), "."])
-        return "", 2, 10, {}, 2, [], None, empty, {"display": "none"}, [], None
+    empty = components.run_gate(run, "cluster", maps=True)
+    if empty is not None:
+        return "", 2, 10, {}, 2, [], None, empty, components.HIDDEN, [], None
+    methods = tile_logic.available_methods(run.tiles)
     ks = clusters.k_choices(run)
     stored = {int(k) for k in (run.sweep or {}).get("k", [])}
     marks = {k: {"label": str(k), "style": {"fontWeight": 700 if k in stored else 400}} for k in ks}

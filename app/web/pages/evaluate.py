@@ -268,15 +268,12 @@ def layout(**_: Any) -> html.Div:
 )
 def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
     """Run (or fetch) the evaluation pass of the picked run; a progress bar meanwhile."""
-    hidden = {"display": "none"}
+    hidden = components.HIDDEN
     run = runs.get_run(run_id)
-    if run is None:
-        return (None, "", components.empty_state("No embeddings run", "Build one first."), None,
-                hidden)
     info = runs.model_for(run)
-    if not info.ok:
-        return (None, "", components.empty_state("No model to evaluate", info.message), None,
-                hidden)
+    empty = components.run_gate(run, "evaluate", info=info)
+    if empty is not None:
+        return None, "", empty, None, hidden
     ids_, _, _ = ev.evaluation_tiles(run)
     if not ids_:
         return (None, "", components.empty_state(

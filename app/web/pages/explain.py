@@ -174,10 +174,9 @@ def setup(run_id: str | None, layer: str | None) -> tuple:
     """Model, layers, suggestions and channel range for the picked run."""
     run = runs.get_run(run_id)
     info = runs.model_for(run)
-    if run is None or not info.ok:
-        body = info.message if not info.ok else "Build an embeddings run first."
-        return ("", None, components.empty_state("Nothing to explain yet", body),
-                {"display": "none"}, [], None, [], 0, "")
+    empty = components.run_gate(run, "explain", info=info)
+    if empty is not None:
+        return ("", None, empty, components.HIDDEN, [], None, [], 0, "")
     layers = info.service.conv_layers()
     layer = layer if layer in layers else ("bottleneck" if "bottleneck" in layers else layers[-1])
     version = runs.run_version(run)

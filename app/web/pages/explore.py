@@ -145,20 +145,11 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
 def run_controls(run_id: str | None, colour: str | None, method: str | None) -> tuple:
     """Subtitle, colour options and map methods of the picked run (or an empty state)."""
     run = runs.get_run(run_id)
-    if run is None:
-        empty = components.empty_state(
-            "No embeddings run to show",
-            ["Build the demo with ", html.Code("python -m app demo"), ", or embed and reduce a "
-             "model run (", html.Code("python -m app embed …"), " then ",
-             html.Code("python -m app reduce <run>"), ")."])
-        return "", [], None, [], None, empty, {"display": "none"}
+    empty = components.run_gate(run, "show", maps=True)
+    if empty is not None:
+        return "", [], None, [], None, empty, components.HIDDEN
     tiles = run.tiles
     methods = tile_logic.available_methods(tiles)
-    if not methods:
-        empty = components.empty_state(
-            f"Run {run.run_id} has no maps yet",
-            ["Compute them with ", html.Code(f"python -m app reduce {run.run_id}"), "."])
-        return "", [], None, [], None, empty, {"display": "none"}
     options = tile_logic.colour_options(tiles)
     values = [o["value"] for o in options]
     colour = colour if colour in values else ("cluster" if "cluster" in values else values[0])

@@ -225,8 +225,9 @@ def check_model(run_id: str | None) -> tuple:
     """Say up front when there is no model to segment with."""
     run = runs.get_run(run_id)
     info = runs.model_for(run)
-    if not info.ok:
-        return components.empty_state("No model to segment with", info.message), None
+    empty = components.run_gate(run, "segment", info=info, need_run=False)
+    if empty is not None:
+        return empty, None
     warn = components.message(info.warning, "warn") if info.warning else None
     return None, warn
 
