@@ -263,24 +263,32 @@ def _k_line(fig: go.Figure, k: int | None, label: str) -> None:
                       annotation_position="top right")
 
 
+def _sweep_figure(ks: list, ys: list, *, name: str, colour: str, hover: str, title: str,
+                  y_axis: dict[str, Any], current_k: int | None, height: int) -> go.Figure:
+    """A per-k curve of the K-means sweep with the current k marked."""
+    fig = go.Figure(go.Scatter(
+        x=ks, y=ys, mode="lines+markers", name=name,
+        line={"color": colour, "width": 2}, marker={"size": 7},
+        hovertemplate=f"k = %{{x}}<br>{hover}<extra></extra>",
+    ))
+    _k_line(fig, current_k, f"k = {current_k}")
+    fig.update_layout(
+        template=TEMPLATE, height=height, title={"text": title},
+        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
+        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1}, yaxis=y_axis,
+    )
+    return fig
+
+
 def elbow_figure(sweep: dict, current_k: int | None = None, height: int = 260) -> go.Figure:
     """Inertia vs k (the elbow curve), with the current k marked."""
     ks, inertia = list(sweep.get("k", [])), list(sweep.get("inertia", []))
     if not ks or len(ks) != len(inertia):
         return empty_figure("No K-means sweep stored for this run.", height)
-    fig = go.Figure(go.Scatter(
-        x=ks, y=inertia, mode="lines+markers", name="inertia",
-        line={"color": "#4e79a7", "width": 2}, marker={"size": 7},
-        hovertemplate="k = %{x}<br>inertia = %{y:,.4g}<extra></extra>",
-    ))
-    _k_line(fig, current_k, f"k = {current_k}")
-    fig.update_layout(
-        template=TEMPLATE, height=height, title={"text": "Elbow: inertia vs k"},
-        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
-        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1},
-        yaxis={"title": {"text": "Inertia (within-cluster SS)"}, "tickformat": ".3s"},
-    )
-    return fig
+    return _sweep_figure(
+        ks, inertia, name="inertia", colour="#4e79a7", hover="inertia = %{y:,.4g}",
+        title="Elbow: inertia vs k", current_k=current_k, height=height,
+        y_axis={"title": {"text": "Inertia (within-cluster SS)"}, "tickformat": ".3s"})
 
 
 def silhouette_k_figure(sweep: dict, current_k: int | None = None, height: int = 260) -> go.Figure:
@@ -288,11 +296,10 @@ def silhouette_k_figure(sweep: dict, current_k: int | None = None, height: int =
     ks, sil = list(sweep.get("k", [])), list(sweep.get("silhouette", []))
     if not ks or len(ks) != len(sil):
         return empty_figure("No silhouette sweep stored for this run.", height)
-    fig = go.Figure(go.Scatter(
-        x=ks, y=sil, mode="lines+markers", name="mean silhouette",
-        line={"color": "#59a14f", "width": 2}, marker={"size": 7},
-        hovertemplate="k = %{x}<br>mean silhouette = %{y:.3f}<extra></extra>",
-    ))
+    fig = _sweep_figure(
+        ks, sil, name="mean silhouette", colour="#59a14f", hover="mean silhouette = %{y:.3f}",
+        title="Mean silhouette vs k  (★ best)", current_k=current_k, height=height,
+        y_axis={"title": {"text": "Mean silhouette"}})
     best = sweep.get("best_k")
     if best in ks:
         fig.add_trace(go.Scatter(
@@ -301,13 +308,6 @@ def silhouette_k_figure(sweep: dict, current_k: int | None = None, height: int =
                     "line": {"color": "#8a6d00", "width": 1}},
             hovertemplate="best k = %{x}<extra></extra>",
         ))
-    _k_line(fig, current_k, f"k = {current_k}")
-    fig.update_layout(
-        template=TEMPLATE, height=height, title={"text": "Mean silhouette vs k  (★ best)"},
-        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
-        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1},
-        yaxis={"title": {"text": "Mean silhouette"}},
-    )
     return fig
 
 
