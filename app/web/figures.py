@@ -1,4 +1,8 @@
-"""Pure Plotly figure builders (no Dash state, no I/O): unit-testable on plain arrays.
+"""Every Plotly figure of the dashboard, built from plain arrays (no Dash state, no I/O).
+
+Maps (explore, clusters, segment's placement), the clusters page's sweep and silhouette plots,
+Explain's clickable image and Evaluate's curves, confusion matrix and damage bars; colours and
+the template come from :mod:`app.web.theme`.
 
 Maps are one WebGL ``Scattergl`` trace of all tiles (trace 0) whose ``customdata`` is the tile
 id, a highlight ring (trace 1) and ``MAX_LEGEND`` legend-only traces (categorical colouring).
@@ -19,7 +23,7 @@ import plotly.graph_objects as go
 from dash import Patch
 
 from app.ml import evaluate
-from app.web.logic.tiles import MAX_CATEGORIES, ColourSpec
+from app.web.logic.tiles import MAX_CATEGORIES, ColourSpec, overview_rows
 from app.web.theme import DAMAGE_COLOURS, INK, MUTED, NAN_COLOUR, TEMPLATE, cluster_colour
 
 MAX_LEGEND = MAX_CATEGORIES
@@ -252,6 +256,35 @@ def empty_figure(message: str, height: int | None = None) -> go.Figure:
         annotations=[{"text": message, "showarrow": False, "xref": "paper", "yref": "paper",
                       "x": 0.5, "y": 0.5, "font": {"size": 13, "color": MUTED}}],
     )
+    return fig
+
+
+def placement_figure(
+    x: np.ndarray, y: np.ndarray, tile_ids: np.ndarray, spec: ColourSpec, *,
+    axis_titles: tuple[str, str], neighbour_rows: Sequence[int], point: Sequence[float] | None,
+    approx: bool, uirevision: str, height: int, max_points: int,
+) -> go.Figure:
+    """A run's map with an upload starred at ``point`` and its nearest tiles ringed; runs of
+    more than ``max_points`` tiles draw a fixed sample."""
+    rows = overview_rows(len(x), max_points)
+    fig = map_figure(x if rows is None else x[rows], y if rows is None else y[rows],
+                     tile_ids if rows is None else tile_ids[rows],
+                     spec if rows is None else spec.take(rows),
+                     axis_titles=axis_titles, large=True, uirevision=uirevision, height=height)
+    nrows = list(neighbour_rows)
+    if nrows:
+        fig.add_trace(go.Scatter(
+            x=x[nrows], y=y[nrows], mode="markers", name="nearest tiles", hoverinfo="skip",
+            marker={"size": 13, "color": "rgba(0,0,0,0)",
+                    "line": {"color": "#111827", "width": 1.8}}, showlegend=True))
+    if point:
+        label = "upload (approx.)" if approx else "upload"
+        fig.add_trace(go.Scatter(
+            x=[point[0]], y=[point[1]], mode="markers", name=label, showlegend=True,
+            marker={"symbol": "star", "size": 22, "color": "#ffd400",
+                    "line": {"color": "#111827", "width": 1.6}},
+            hovertemplate=f"{label}<extra></extra>"))
+    fig.update_layout(dragmode="pan", showlegend=True)
     return fig
 
 

@@ -27,7 +27,14 @@ from app.ml.inference import (
 from app.ml.metrics import count_buildings
 from app.web import images, runs, uploads
 from app.web.cache import cache
-from app.web.logic.tiles import available_methods, nearest
+from app.web.logic.tiles import (
+    ColourSpec,
+    available_methods,
+    colour_options,
+    colour_spec,
+    map_coords,
+    nearest,
+)
 
 TILE = 256
 OVERLAP = 32
@@ -151,6 +158,19 @@ def place_upload(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def map_points(run: Any, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, ColourSpec]:
+    """(x, y, tile ids, colouring) of a run's map for the placement figure: coloured by
+    cluster when the run has clusters, else by its first colouring, else one grey."""
+    tiles = run.tiles
+    x, y = map_coords(tiles, method)
+    options = [o["value"] for o in colour_options(tiles)]
+    colour = "cluster" if "cluster" in options else (options[0] if options else None)
+    spec = colour_spec(tiles, colour) if colour else ColourSpec(
+        "none", "", "categorical", np.zeros(len(tiles), np.int16), categories=["tile"],
+        colours=["#9aa5b1"], counts=[len(tiles)], cmin=-0.5, cmax=0.5)
+    return x, y, tiles["tile_id"].to_numpy(dtype=object), spec
+
+
 def analyse(upload: uploads.Upload, run: Any, service: Any,
             progress: Any = None) -> SegmentResult:
     """Segment an upload and compute everything the page shows (no Dash)."""
@@ -191,5 +211,6 @@ def analyse(upload: uploads.Upload, run: Any, service: Any,
 
 __all__ = [
     "OVERLAP", "THRESHOLD", "TILE", "SegmentResult", "analyse", "baselines", "cache_key",
+    "map_points",
     "mask_iou", "place_upload", "small_copy", "tiling_description",
 ]

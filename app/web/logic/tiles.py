@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app import artifacts
 from app.ml import registry
 from app.web import theme
 from app.web.runs import Vectors
@@ -85,14 +86,7 @@ def explained_variance(run: EmbeddingsRun) -> list[float] | None:
     if found is None:
         found = _find_key(run.manifest.get("reduce") or {}, "explained_variance_ratio")
     if found is None:
-        path = run.reducer_dir() / "pca.npz"
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as npz:
-                    if "explained_variance_ratio" in npz:
-                        found = npz["explained_variance_ratio"]
-            except (OSError, ValueError):
-                found = None
+        found = artifacts.read_pca_variance(run)
     if found is None:
         return None
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import config
@@ -93,46 +92,6 @@ def baseline_block(res: seg.SegmentResult) -> list[Any]:
             images.data_uri(images.mask_overlay(res.image, m, BASELINE_COLOUR), "JPEG"),
             b["label"], note=f" · {b['fraction']:.1%} building · IoU with U-Net {b['iou']:.2f}"))
     return cards
-
-
-def map_figure_for(run: Any, method: str, placement: dict[str, Any]) -> Any:
-    """The run's map (coloured by cluster when known) with the upload starred and its
-    neighbours ringed."""
-    import plotly.graph_objects as go
-
-    tiles = run.tiles
-    x, y = tile_logic.map_coords(tiles, method)
-    options = [o["value"] for o in tile_logic.colour_options(tiles)]
-    colour = "cluster" if "cluster" in options else (options[0] if options else None)
-    spec = tile_logic.colour_spec(tiles, colour) if colour else tile_logic.ColourSpec(
-        "none", "", "categorical", np.zeros(len(tiles), np.int16), categories=["tile"],
-        colours=["#9aa5b1"], counts=[len(tiles)], cmin=-0.5, cmax=0.5)
-    rows = tile_logic.overview_rows(len(tiles), MAP_MAX_POINTS)  # a fixed sample of huge runs
-    ids_ = tiles["tile_id"].to_numpy(dtype=object)
-    bx, by = (x, y) if rows is None else (x[rows], y[rows])
-    fig = figures.map_figure(bx, by, ids_ if rows is None else ids_[rows],
-                             spec if rows is None else spec.take(rows),
-                             axis_titles=tile_logic.axis_titles(method,
-                                                              tile_logic.explained_variance(run)),
-                             large=True, uirevision=f"segment:{run.run_id}:{method}",
-                             height=MAP_HEIGHT)
-    index = run.index
-    nrows = [index[t] for t, _ in placement.get("neighbours", []) if t in index]
-    if nrows:
-        fig.add_trace(go.Scatter(
-            x=x[nrows], y=y[nrows], mode="markers", name="nearest tiles", hoverinfo="skip",
-            marker={"size": 13, "color": "rgba(0,0,0,0)",
-                    "line": {"color": "#111827", "width": 1.8}}, showlegend=True))
-    point = placement.get("coords", {}).get(method)
-    if point:
-        label = "upload (approx.)" if placement.get("approx") else "upload"
-        fig.add_trace(go.Scatter(
-            x=[point[0]], y=[point[1]], mode="markers", name=label, showlegend=True,
-            marker={"symbol": "star", "size": 22, "color": "#ffd400",
-                    "line": {"color": "#111827", "width": 1.6}},
-            hovertemplate=f"{label}<extra></extra>"))
-    fig.update_layout(dragmode="pan", showlegend=True)
-    return fig
 
 
 # --------------------------------------------------------------------------- layout
@@ -348,7 +307,16 @@ def placement_map(method: str | None, result: dict | None) -> Any:
     run = runs.get_run((result or {}).get("run"))
     if run is None or not method:
         return figures.empty_figure("No map for this run.", MAP_HEIGHT)
-    return map_figure_for(run, method, (result or {}).get("placement") or {})
+    placement = (result or {}).get("placement") or {}
+    x, y, tile_ids, spec = seg.map_points(run, method)
+    index = run.index
+    return figures.placement_figure(
+        x, y, tile_ids, spec,
+        axis_titles=tile_logic.axis_titles(method, tile_logic.explained_variance(run)),
+        neighbour_rows=[index[t] for t, _ in placement.get("neighbours", []) if t in index],
+        point=placement.get("coords", {}).get(method), approx=bool(placement.get("approx")),
+        uirevision=f"segment:{run.run_id}:{method}", height=MAP_HEIGHT,
+        max_points=MAP_MAX_POINTS)
 
 
 @callback(
