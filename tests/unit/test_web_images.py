@@ -1,15 +1,22 @@
-"""``GET /img/<run>/<kind>/<tile_id>``: files by id, cache headers, 404 for anything unknown."""
+"""How images reach the browser: ``GET /img/<run>/<kind>/<tile_id>`` (files by id, cache headers,
+404 for anything unknown) and computed images as data URIs."""
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from app.artifacts import THUMB_KINDS
+from app.web import components, images
 from app.web.images import CACHE_CONTROL, img_url
 from tests.fixture_run import shared_fixture_run
+from tests.unit.lens_helpers import rgb
 from tests.webapp import built_app
 
 
@@ -106,3 +113,12 @@ def test_a_missing_file_is_404_not_500(client_for, fixture_root) -> None:
 def test_img_url_percent_encodes_every_part() -> None:
     assert img_url("r", "thumb", "a b/c", "v 1") == "/img/r/thumb/a%20b%2Fc?v=v%201"
     assert img_url("r", "overlay", "t1") == "/img/r/overlay/t1"
+
+
+def test_computed_images_are_data_uris() -> None:
+    uri = images.data_uri(images.heat_rgba(np.linspace(0, 1, 64 * 64).reshape(64, 64)))
+    assert uri.startswith("data:image/png;base64,")
+    big = images.data_uri(rgb(2000, 1000), "JPEG")
+    assert Image.open(io.BytesIO(base64.b64decode(big.split(",")[1]))).size == (384, 768)
+    assert components.timing_text(12.3, "CPU", False) == "computed in 12 ms (CPU)"
+    assert components.timing_text(0.42, "GPU", True, 80).startswith("from cache in 0.4 ms")
