@@ -30,10 +30,14 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, abort, jsonify, request
+from scipy import ndimage as ndi
 from werkzeug.utils import secure_filename
 
 from app import artifacts, config
 from app.artifacts import ArtifactError
+from app.data.base import DatasetError
+from app.data.imageio import decode_image
+from app.ml import inference
 from app.web import health, runs
 from app.web.images import png_bytes
 from app.web.logic import clusters
@@ -186,10 +190,6 @@ def _model_service(model_arg: str | None) -> tuple[Any | None, Response | None]:
         return None, error(503, "no model run is available to segment with; train one with "
                                 "`python -m app train`.")
     try:
-        from app.ml import inference
-    except ImportError as exc:  # pragma: no cover - the module is part of the package
-        return None, error(503, f"inference is unavailable ({exc}).")
-    try:
         sha = health.check_model(run_id)  # cheap (hash remembered per stat), no TensorFlow
         service = inference.get_service(run_id)
         if service.loaded and service.sha256 != sha:  # the run was rebuilt while serving
@@ -206,7 +206,6 @@ def building_stats(prob: np.ndarray, threshold: float,
                    min_pixels: int = MIN_BUILDING_PIXELS) -> tuple[np.ndarray, dict[str, Any]]:
     """``(mask, stats)`` of a probability map: pixels over ``threshold``, and the count and sizes
     of connected buildings (4-connected, at least ``min_pixels``)."""
-    from scipy import ndimage as ndi
 
     mask = np.asarray(prob) >= threshold
     labels, n = ndi.label(mask)
@@ -229,9 +228,6 @@ def building_stats(prob: np.ndarray, threshold: float,
 @bp.post("/segment")
 def segment() -> Response:
     """Segment an uploaded image (see the module docstring)."""
-    from app.data.base import DatasetError
-    from app.data.imageio import decode_image
-
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "png"):
         return error(400, "format must be json or png.")

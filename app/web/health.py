@@ -38,6 +38,7 @@ from app import artifacts, config
 from app.artifacts import ArtifactError
 from app.fsutil import sha256_file
 from app.ml import registry
+from app.ml.reduce import ReducerLoadError, load_reducer, reducer_files
 from app.web import runs
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,6 @@ def reducer_problem(run: artifacts.EmbeddingsRun, method: str, *, load: bool = F
     Without ``load``: the files exist and match the manifest's SHA-256 (no unpickling). With
     ``load``: ``app.ml.reduce.load_reducer`` is run (hashes, format, library versions, unpickle).
     """
-    from app.ml.reduce import ReducerLoadError, load_reducer, reducer_files
-
     info = run.manifest.get("reduce") or {}
     files = info.get("files") or {}
     expected = {name: files.get(f"reduced/reducers/{name}") for name in reducer_files(method)}
@@ -196,7 +195,7 @@ def _redis_problem(url: str) -> str | None:
     if cached is not None and now - cached[0] < REDIS_TTL_SECONDS:
         return cached[1]
     try:
-        import redis
+        import redis  # an optional dependency, only with a Redis cache
 
         redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
         problem = None

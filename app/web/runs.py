@@ -24,16 +24,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from app import artifacts, config
 from app.artifacts import ArtifactError, EmbeddingsRun
-
-if TYPE_CHECKING:  # pragma: no cover
-    from app.ml.inference import ModelService
+from app.data.base import DatasetError
+from app.ml import inference
+from app.pipeline import place_new
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def vectors(run: EmbeddingsRun) -> Vectors:
 class ModelInfo:
     """The model a page uses for a run, or why there is none."""
 
-    service: ModelService | None
+    service: inference.ModelService | None
     run_id: str | None
     message: str = ""  # why there is no model (shown instead of the page's results)
     warning: str = ""  # the model differs from the one the embeddings were made with
@@ -216,8 +216,6 @@ def model_run_for(run: EmbeddingsRun | None) -> str | None:
 
 def model_for(run: EmbeddingsRun | None) -> ModelInfo:
     """The loaded model for ``run`` (loading it on first use), or a message saying why not."""
-    from app.ml import inference
-
     run_id = model_run_for(run)
     if run_id is None:
         wanted = run.model_run if run is not None else config.DEMO_MODEL_RUN
@@ -262,8 +260,6 @@ def start_warm_up() -> threading.Thread | None:
             if run is not None and len(run.vectors):
                 # Load the reducers and compile their transforms (UMAP's numba JIT alone is
                 # ~10 s): the first upload's "place on the maps" then costs what later ones do.
-                from app.pipeline import place_new
-
                 started = time.perf_counter()
                 place_new(run, np.asarray(run.vectors[0], dtype=np.float32))
                 timings["reducers"] = time.perf_counter() - started
@@ -304,7 +300,6 @@ def tile_dataset(run: EmbeddingsRun) -> Any | None:
     with _datasets_lock:
         if key not in _datasets:
             # imported on first use: app.data.dataset pulls in pandas
-            from app.data.base import DatasetError
             from app.data.dataset import TileDataset
 
             try:

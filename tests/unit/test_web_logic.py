@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from app import pipeline
 from app.artifacts import EmbeddingsRun
+from app.ml import registry
 from app.web import runs, theme
 from app.web.logic import clusters, explore
 from app.web.logic import tiles as tile_logic
@@ -188,17 +188,17 @@ def test_labels_come_from_the_sweep_then_recluster(run: EmbeddingsRun, monkeypat
 
     def fake_recluster(r, k):
         calls.append(k)
-        return {"labels": np.arange(len(r.tiles)) % k}
+        return np.arange(len(r.tiles)) % k
 
-    monkeypatch.setitem(sys.modules, "app.pipeline", types.SimpleNamespace(recluster=fake_recluster))
+    monkeypatch.setattr(clusters, "recluster", fake_recluster)
     labels, source = clusters.labels_for_k(run, 9)
     assert calls == [9] and source == "re-clustered" and labels.max() == 8
 
 
-def test_recluster_falls_back_to_kmeans(run: EmbeddingsRun, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "app.pipeline", None)  # import fails
+def test_a_k_outside_the_sweep_is_fitted_like_the_sweep(run: EmbeddingsRun) -> None:
     labels, source = clusters.labels_for_k(run, 7)
     assert source == "re-clustered" and len(np.unique(labels)) == 7
+    np.testing.assert_array_equal(labels, pipeline.recluster(run, 7))  # the one K-means fit
     assert len(labels) == len(run.tiles)
     assert 7 in clusters.k_choices(run) and 10 in clusters.k_choices(run)
     assert clusters.default_k(run) == run.sweep["chosen_k"]
@@ -271,3 +271,24 @@ def test_pca_variance_from_the_reducer_file(run_copy: EmbeddingsRun) -> None:
     np.savez(fresh.reducer_dir() / "pca.npz", explained_variance_ratio=np.array([0.5, 0.25]))
     assert tile_logic.explained_variance(fresh) == [0.5, 0.25]
     assert tile_logic.axis_titles("pca", [0.5, 0.25]) == ("PCA 1 (50 % var.)", "PCA 2 (25 % var.)")
+
+
+# --------------------------------------------------------------------------- registries
+
+
+def test_a_registered_reducer_and_explainer_appear_on_the_pages() -> None:
+    """One registration each: the pages list, label and offer the new methods."""
+    registry.register_reducer(registry.ReducerSpec(
+        name="dummy", label="Dummy map", description="test", fit=lambda X, **_: None))
+    registry.register_explainer(registry.ExplainerSpec(
+        name="dummy-cam", label="Dummy CAM", description="test", function=lambda *a, **k: None))
+    try:
+        frame = pd.DataFrame({"dummy_x": [0.0, 1.0], "dummy_y": [1.0, 0.0]})
+        assert tile_logic.available_methods(frame) == ["dummy"]
+        assert theme.method_options(["dummy"]) == [{"label": "Dummy map", "value": "dummy"}]
+        assert tile_logic.axis_titles("dummy") == ("Dummy map 1", "Dummy map 2")
+        assert {"label": "Dummy CAM", "value": "dummy-cam"} in theme.explainer_options()
+    finally:
+        registry.unregister("dummy")
+        registry.unregister("dummy-cam")
+    assert "dummy" not in [o["value"] for o in theme.method_options(registry.reducer_names())]

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.ml.cluster import silhouette_per_sample
+from app.pipeline import recluster
 from app.web import runs
 from app.web.cache import cache
 from app.web.logic.tiles import _num, damage_columns, damage_name
@@ -60,22 +62,7 @@ def labels_for_k(run: EmbeddingsRun, k: int) -> tuple[np.ndarray, str]:
         return np.asarray(labels[ks.index(k)], dtype=np.int32), "stored sweep"
     if "cluster" in run.tiles and sweep.get("chosen_k") == k:
         return run.tiles["cluster"].to_numpy(dtype=np.int32), "stored"
-    try:
-        from app.pipeline import recluster  # imported on demand: may be heavy
-    except ImportError:
-        recluster = None
-    if recluster is not None:
-        result = recluster(run, k)
-        if isinstance(result, dict):
-            result = result.get("labels")
-        elif isinstance(result, tuple):
-            result = result[0]
-        return np.asarray(result, dtype=np.int32), "re-clustered"
-    from sklearn.cluster import KMeans
-
-    seed = int(sweep.get("random_state", 0) or 0)
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed)
-    return km.fit_predict(runs.vectors(run).data).astype(np.int32), "re-clustered"
+    return np.asarray(recluster(run, k), dtype=np.int32), "re-clustered"
 
 
 def silhouette_values(
@@ -107,16 +94,8 @@ def silhouette_values(
         return np.arange(n), np.zeros(n, np.float32), True
     data = runs.vectors(run).data
     try:
-        from app.ml.cluster import silhouette_per_sample  # numpy / scikit-learn only
-
         values = silhouette_per_sample(data, labels, sample=sample if n > sample else None,
                                        random_state=seed)
-    except ImportError:  # pragma: no cover - the same computation, inline
-        from sklearn.metrics import silhouette_samples
-
-        values = np.full(n, np.nan)
-        idx = np.arange(n) if n <= sample else np.random.default_rng(seed).permutation(n)[:sample]
-        values[idx] = silhouette_samples(data[idx], labels[idx])
     except ValueError:  # a sample with one cluster: silhouette undefined
         return np.arange(0), np.zeros(0, np.float32), False
     rows = np.flatnonzero(np.isfinite(values))
@@ -195,6 +174,7 @@ def _computed_agreement(run: EmbeddingsRun) -> list[dict[str, Any]]:
     ks = [int(v) for v in sweep.get("k", [])]
     if labels is None or truth is None or not ks:
         return []
+    # scikit-learn's metrics take ~2 s to import: only when a run stores no agreement table
     from sklearn.metrics import precision_score, recall_score
 
     known = np.isfinite(truth)

@@ -9,6 +9,7 @@ download) in the shared flask-caching cache under the image's SHA-256.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from app.ml.inference import (
     tile_origins,
 )
 from app.ml.metrics import count_buildings
+from app.pipeline import place_new
 from app.web import images, runs, uploads
 from app.web.cache import cache
 from app.web.logic.tiles import (
@@ -48,8 +50,6 @@ CACHE_TIMEOUT = 3600
 def tiling_description(width: int, height: int, tile: int = TILE, overlap: int = OVERLAP,
                        single_pass_max_pixels: int | None = None) -> str:
     """How ``ModelService.segment`` covers an image of this size, in words."""
-    import math
-
     if single_pass_max_pixels is None:
         single_pass_max_pixels = config.SINGLE_PASS_MAX_PIXELS
     ph = math.ceil(height / SIZE_FACTOR) * SIZE_FACTOR
@@ -140,8 +140,6 @@ def place_upload(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
     out["neighbours"] = [(str(tiles["tile_id"].iat[r]), s) for r, s in near]
     methods = available_methods(tiles)
     try:
-        from app.pipeline import place_new
-
         placed = place_new(run, vec)
         out["coords"] = {m: [float(v[0]), float(v[1])] for m, v in placed.items() if m in methods}
     except Exception as exc:  # noqa: BLE001 - no reducers, unreadable reducer, ...

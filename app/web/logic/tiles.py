@@ -210,7 +210,7 @@ def colour_spec(
 
 
 def _categorical(key: str, title: str, raw: np.ndarray) -> ColourSpec:
-    import pandas as pd
+    import pandas as pd  # lazily: the pages import this module, a run's table brings pandas
 
     series = pd.Series(raw, dtype=object)
     if key == "cluster":

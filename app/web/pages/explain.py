@@ -17,6 +17,7 @@ activation-maximisation image in a background callback with a progress bar.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import dash
@@ -454,8 +455,6 @@ def channel_tiles(channel: Any, run_id: str | None) -> Any:
 def activation_maximisation(set_progress: Any, n_clicks: int, channel: Any,
                             run_id: str | None) -> tuple:
     """Gradient ascent on the input for one channel of the embeddings layer (background)."""
-    import time
-
     if not n_clicks:
         return no_update, no_update
     run = runs.get_run(run_id)

@@ -18,6 +18,7 @@ sends the file twice.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dash
@@ -99,8 +100,6 @@ def baseline_block(res: seg.SegmentResult) -> list[Any]:
 
 def _single_pass_side() -> str:
     """The single-pass limit in words: "1024²" for a square number of pixels."""
-    import math
-
     side = math.isqrt(config.SINGLE_PASS_MAX_PIXELS)
     if side * side == config.SINGLE_PASS_MAX_PIXELS:
         return f"{side}²"
