@@ -1,14 +1,16 @@
-"""What the tests of the model pages (explain, evaluate, segment) share: a tiny untrained
-U-Net, a small fixture run, an app whose model store holds that U-Net, and a way to call a
-callback with ``dash.ctx.triggered`` set. Plain functions: each test module wraps them in its own
-module-scoped fixtures."""
+"""What the tests of the pages share: module-scoped fixtures (a tiny untrained U-Net, a model
+service over it, a small fixture run, an app whose model store holds that U-Net) and a way to
+call a callback with ``dash.ctx.triggered`` set.
+
+A test module imports the fixtures it uses (``from tests.unit.lens_helpers import
+flask_app_fixture  # noqa: F401 - fixture``) and asks for them by name (``flask_app``); pytest
+builds them once per module."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from contextvars import copy_context
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -19,6 +21,7 @@ from dash._utils import AttributeDict
 
 from app import artifacts, config
 from app.ml import inference
+from app.ml.inference import ModelService, ResultCache
 from app.ml.unet import build_unet
 from tests.fixture_run import make_fixture_run
 from tests.webapp import built_app
@@ -29,21 +32,29 @@ def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3)).astype(np.uint8)
 
 
-def tiny_unet() -> keras.Model:
+@pytest.fixture(scope="module", name="unet")
+def unet_fixture() -> keras.Model:
     """The light U-Net, untrained, seeded."""
     keras.utils.set_random_seed(0)
     return build_unet("light")
 
 
-def small_run(root: Path) -> Any:
+@pytest.fixture(scope="module", name="svc")
+def svc_fixture(unet: keras.Model) -> ModelService:
+    return ModelService(model=unet, cache=ResultCache())
+
+
+@pytest.fixture(scope="module", name="fixture_small")
+def fixture_small_fixture(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A 36-tile fixture run (no model run of its own)."""
+    root = tmp_path_factory.mktemp("small-run")
     run_id = make_fixture_run(root, n=36, seed=1, run_id="fixture-small")
     return artifacts.EmbeddingsRun.open(run_id, root, check_model=False)
 
 
-def lens_app(tmp_path_factory: pytest.TempPathFactory, unet: keras.Model) -> Iterator[Any]:
-    """An app over a fixture run whose model (fixture-model, ``unet``) exists (a generator for
-    a ``yield`` fixture)."""
+@pytest.fixture(scope="module", name="flask_app")
+def flask_app_fixture(tmp_path_factory: pytest.TempPathFactory, unet: keras.Model) -> Iterator[Any]:
+    """An app over a fixture run whose model (fixture-model, the tiny U-Net) exists."""
     store = tmp_path_factory.mktemp("lens-models")
     artifacts.save_model_run(unet, "fixture-model", preset="light", input_size=None, dataset={},
                              split={}, params={}, metrics={}, history=[], store=store)

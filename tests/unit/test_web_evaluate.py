@@ -5,38 +5,21 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import keras
 import numpy as np
 import pytest
 
 from app.ml import evaluate as scoring
-from app.ml.inference import ModelService, ResultCache
+from app.ml.inference import ModelService
 from app.ml.metrics import pixel_confusion
 from app.web import figures, images, runs
 from app.web.logic import evaluate as ev
-from tests.unit.lens_helpers import lens_app, small_run, tiny_unet
+from tests.unit.lens_helpers import (  # noqa: F401 - fixtures
+    fixture_small_fixture,
+    flask_app_fixture,
+    svc_fixture,
+    unet_fixture,
+)
 from tests.unit.lens_helpers import to_json as _json
-
-
-@pytest.fixture(scope="module")
-def unet() -> keras.Model:
-    return tiny_unet()
-
-
-@pytest.fixture(scope="module")
-def svc(unet: keras.Model) -> ModelService:
-    return ModelService(model=unet, cache=ResultCache())
-
-
-@pytest.fixture(scope="module")
-def fixture_small(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return small_run(tmp_path_factory.mktemp("small-run"))
-
-
-@pytest.fixture(scope="module")
-def flask_app(tmp_path_factory: pytest.TempPathFactory, unet: keras.Model) -> Any:
-    """An app over a fixture run whose model (fixture-model, a tiny untrained U-Net) exists."""
-    yield from lens_app(tmp_path_factory, unet)
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import keras
-import pytest
-
 from app.web import runs
 from app.web.logic import explain as xp_logic
-from tests.unit.lens_helpers import call, lens_app, tiny_unet
+from tests.unit.lens_helpers import (  # noqa: F401 - fixtures
+    call,
+    flask_app_fixture,
+    unet_fixture,
+)
 from tests.unit.lens_helpers import to_json as _json
-
-
-@pytest.fixture(scope="module")
-def unet() -> keras.Model:
-    return tiny_unet()
-
-
-@pytest.fixture(scope="module")
-def flask_app(tmp_path_factory: pytest.TempPathFactory, unet: keras.Model) -> Any:
-    """An app over a fixture run whose model (fixture-model, a tiny untrained U-Net) exists."""
-    yield from lens_app(tmp_path_factory, unet)
 
 
 def test_explain_callbacks(flask_app: Any) -> None:

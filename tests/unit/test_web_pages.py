@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from contextvars import copy_context
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dash import Patch, no_update
-from dash._callback_context import context_value
-from dash._utils import AttributeDict
 
 from app.web import ids, runs
 from tests.fixture_run import shared_fixture_run
+from tests.unit.lens_helpers import call
 from tests.webapp import built_app
 
 
@@ -27,21 +25,6 @@ def env(tmp_path_factory: pytest.TempPathFactory):
                      cache_config={"CACHE_TYPE": "SimpleCache"})
     return (sys.modules["app.web.pages.explore"], sys.modules["app.web.pages.clusters"], run_id,
             app)
-
-
-def call(func, *args: Any, triggered: tuple = ()) -> Any:
-    """Run a callback function with ``dash.ctx.triggered`` set to ``(id, prop, value)`` items."""
-
-    def run():
-        items = []
-        for cid, prop, value in triggered:
-            key = json.dumps(cid, sort_keys=True, separators=(",", ":")) if isinstance(cid, dict) \
-                else cid
-            items.append({"prop_id": f"{key}.{prop}", "value": value})
-        context_value.set(AttributeDict(triggered_inputs=items))
-        return func(*args)
-
-    return copy_context().run(run)
 
 
 def _text(component: Any) -> str:
