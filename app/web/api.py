@@ -37,7 +37,7 @@ from app import artifacts, config
 from app.artifacts import ArtifactError
 from app.data.base import DatasetError
 from app.data.imageio import decode_image
-from app.ml import inference
+from app.ml import inference, registry
 from app.web import health, runs
 from app.web.images import png_bytes
 from app.web.logic import clusters
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("unet_lens_api", __name__, url_prefix="/api")
 
-METHODS: tuple[str, ...] = ("pca", "tsne", "umap")
 #: Connected components smaller than this many pixels are not counted as buildings.
 MIN_BUILDING_PIXELS = 10
 _POINTS_CACHE_ENTRIES = 32
@@ -126,8 +125,8 @@ def points() -> Response:
     """A map's ids, coordinates and clusters (see the module docstring)."""
     run_id = request.args.get("run") or runs.default_run_id()
     method = request.args.get("method", "umap")
-    if method not in METHODS:
-        return error(400, f"method must be one of {', '.join(METHODS)}.")
+    if method not in registry.REDUCERS:
+        return error(400, f"method must be one of {', '.join(registry.reducer_names())}.")
     k_arg = request.args.get("k")
     k: int | None = None
     if k_arg is not None:
@@ -282,5 +281,5 @@ def not_found(_rest: str = "") -> Response:
     abort(404)
 
 
-__all__ = ["METHODS", "bp", "building_stats", "error", "not_found", "points", "points_payload",
+__all__ = ["bp", "building_stats", "error", "not_found", "points", "points_payload",
            "segment"]

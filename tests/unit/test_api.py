@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from app import config
+from app.ml import registry
 from app.web import api, runs
 from tests.serving import linked_run, png_bytes, tiny_model_run
 from tests.webapp import built_app
@@ -82,7 +83,7 @@ def test_healthz_never_imports_tensorflow(stores, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- /api/points
 
 
-@pytest.mark.parametrize("method", api.METHODS)
+@pytest.mark.parametrize("method", registry.reducer_names())
 def test_points_are_compact_ids_coordinates_and_clusters(client, stores, method: str) -> None:
     _, root, _, run_id = stores
     r = client.get(f"/api/points?run={run_id}&method={method}")

@@ -60,6 +60,15 @@ def available_methods(tiles: pd.DataFrame) -> list[str]:
     return out
 
 
+#: The map shown first when a run has several (the first of these it has, else its last).
+PREFERRED_METHODS = ("umap", "tsne", "pca")
+
+
+def default_method(methods: list[str]) -> str:
+    """The map to show first among ``methods`` (not empty)."""
+    return next((m for m in PREFERRED_METHODS if m in methods), methods[-1])
+
+
 def overview_rows(n: int, max_points: int, seed: int = 0) -> np.ndarray | None:
     """A fixed random subset of ``max_points`` rows (sorted) when ``n`` is larger, else None.
 

@@ -137,7 +137,7 @@ def run_controls(run_id: str | None, method: str | None, label: str | None) -> t
     if sweep.get("chosen_k") is not None:
         parts.append(f"chosen k = {sweep['chosen_k']}")
     parts.append("bold k: stored labels, others re-clustered on request")
-    method = method if method in methods else next(m for m in ("umap", "tsne", "pca") if m in methods)
+    method = method if method in methods else tile_logic.default_method(methods)
     tables = clusters.agreement_tables(run)
     labels = [{"label": clusters.LABEL_NAMES.get(name, name.replace("_", " ")), "value": name}
               for name in tables]

@@ -23,6 +23,7 @@ from typing import Any
 import dash
 from dash import ALL, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
+from app.ml import registry
 from app.ml.inference import image_sha256
 from app.web import components, figures, ids, images, runs, theme, uploads
 from app.web.background import MANAGER
@@ -254,13 +255,14 @@ def pick_tile(_clicks: list, run_id: str | None, current: str | None) -> tuple:
 )
 def control_visibility(source: str, method: str, target: str) -> tuple:
     """Show the controls that apply: tile or upload, channel, target hint."""
-    activation = method in ("activation", "activation-channel")
+    spec = registry.EXPLAINERS.get(method)
+    activation = spec is not None and not spec.uses_target
     opts = [{"label": v, "value": k, "disabled": activation} for k, v in xp.TARGETS.items()]
     hint = ("Activations need no target: they show what the layer responds to."
             if activation else xp.TARGET_HINTS.get(target, ""))
     return ({} if source == "tile" else {"display": "none"},
             {} if source == "upload" else {"display": "none"},
-            {} if method == "activation-channel" else {"display": "none"}, hint, opts)
+            {} if spec is not None and spec.uses_channel else {"display": "none"}, hint, opts)
 
 
 @callback(

@@ -154,7 +154,7 @@ def run_controls(run_id: str | None, colour: str | None, method: str | None) -> 
     values = [o["value"] for o in options]
     colour = colour if colour in values else ("cluster" if "cluster" in values else values[0])
     method_options = theme.method_options(methods)
-    method = method if method in methods else next(m for m in ("umap", "tsne", "pca") if m in methods)
+    method = method if method in methods else tile_logic.default_method(methods)
     dims = run.vectors.shape[1]
     subtitle = (f"{len(tiles):,} tiles · {dims}-d {run.manifest.get('representation', '')} vectors "
                 f"of layer “{run.layer}” · model {run.manifest.get('model_run', '?')}")
