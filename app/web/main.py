@@ -27,6 +27,7 @@ from flask import Flask
 
 from app import config
 from app.web import health, ids, runs
+from app.web import runs as services  # run() is kept as it was (see the lead's merge notes)
 from app.web.server import harden
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def run(
 ) -> None:
     """Serve the dashboard (development server, debug off, 127.0.0.1 unless told)."""
     app = create_app(model_run=model_run, embeddings_run=embeddings_run)
-    runs.start_warm_up()
+    services.start_warm_up()
     print(f"U-Net Lens on http://{host}:{port}/", flush=True)
     app.run(host=host, port=port, debug=False)
 
