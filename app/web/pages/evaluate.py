@@ -1,7 +1,7 @@
 """Evaluate (``/evaluate``): how good is the model on the run's evaluation tiles?
 
 On the first visit for a (run, model) the model runs once over the evaluation tiles in a
-background callback with a progress bar (:func:`app.web.evaluation.run_evaluation`); the
+background callback with a progress bar (:func:`app.web.logic.evaluate.run_evaluation`); the
 counts it keeps are cached, so every later visit and every threshold is instant. Shown at the
 threshold slider's value: pixel precision, recall, F1 and IoU, building-level precision /
 recall / F1 at IoU ≥ 0.5 (summed over tiles), the PR curve, IoU and F1 vs threshold, the pixel
