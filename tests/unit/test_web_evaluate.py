@@ -98,7 +98,7 @@ def test_evaluate_callbacks(flask_app: Any) -> None:
                  "run": run.run_id}
         out = evp.update_metrics(ready, 0.5)
         assert len(out[7]) == len(result.tile_ids) and out[2].to_plotly_json()["data"]
-        detail = evp.row_detail({"row_id": result.tile_ids[0]}, 0.4, ready)
+        detail = evp.row_detail({"rowId": result.tile_ids[0], "colId": "tile_id"}, 0.4, ready)
         assert "data:image/png;base64" in _json(detail) and "errors at t = 0.40" in _json(detail)
         assert evp.update_metrics(None, 0.5)[0] is not None  # no_update
 

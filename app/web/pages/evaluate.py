@@ -6,7 +6,7 @@ counts it keeps are cached, so every later visit and every threshold is instant.
 threshold slider's value: pixel precision, recall, F1 and IoU, building-level precision /
 recall / F1 at IoU ≥ 0.5 (summed over tiles), the PR curve, IoU and F1 vs threshold, the pixel
 confusion matrix, scores per disaster, approximate building recall per damage class, and a
-sortable, filterable per-tile table; clicking a row shows the tile with its TP / FP / FN
+sortable, filterable per-tile table (dash-ag-grid); clicking a row shows the tile with its TP / FP / FN
 overlay (``metrics.error_overlay`` colours).
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
-from dash.dash_table.Format import Format, Scheme
+import dash_ag_grid as dag
+from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app.ml import evaluate as scoring
 from app.ml.metrics import error_overlay
@@ -124,30 +124,41 @@ def group_table(rows: list[dict[str, Any]], column: str = "disaster") -> Any:
                     className="table-wrap table-wrap-tall")
 
 
+#: d3-format specifiers of the table's number kinds (dash-ag-grid evaluates ``d3.format``).
+_FORMATS = {"score": ".3f", "pct": ".1f"}
+#: The per-tile table's IoU cell colours (CSS classes in assets/lens_pages.css).
+IOU_CLASSES = {
+    "iou-low": "params.value < 0.3",
+    "iou-mid": "params.value >= 0.3 && params.value < 0.6",
+    "iou-high": "params.value >= 0.6",
+}
+HEADER_TOOLTIPS = {"true_pct": "building pixels in the truth",
+                   "pred_pct": "pixels predicted building at the threshold",
+                   "b_tp": "buildings matched at IoU ≥ 0.5"}
+
+
 def table_columns() -> list[dict[str, Any]]:
+    """AG Grid column definitions of the per-tile table (worst IoU first)."""
     cols = []
     for cid, name, kind in ev.TABLE_COLUMNS:
-        col: dict[str, Any] = {"id": cid, "name": name}
-        if kind in ("score", "pct"):
-            col["type"] = "numeric"
-            col["format"] = Format(precision=3 if kind == "score" else 1, scheme=Scheme.fixed)
-        elif kind == "int":
-            col["type"] = "numeric"
+        col: dict[str, Any] = {"field": cid, "headerName": name}
+        if kind == "text":
+            col["filter"] = "agTextColumnFilter"
+            col["cellClass"] = "cell-id" if cid == "tile_id" else "cell-text"
         else:
-            col["type"] = "text"
+            col["filter"] = "agNumberColumnFilter"
+            col["type"] = "rightAligned"
+            if kind in _FORMATS:
+                col["valueFormatter"] = {
+                    "function": f"params.value == null ? '' : d3.format('{_FORMATS[kind]}')"
+                                "(params.value)"}
+        if cid == "iou":
+            col["sort"] = "asc"
+            col["cellClassRules"] = IOU_CLASSES
+        if cid in HEADER_TOOLTIPS:
+            col["headerTooltip"] = HEADER_TOOLTIPS[cid]
         cols.append(col)
     return cols
-
-
-IOU_STYLES = [
-    {"if": {"filter_query": "{iou} < 0.3", "column_id": "iou"},
-     "backgroundColor": "#fde8e4", "color": "#9b2c1a"},
-    {"if": {"filter_query": "{iou} >= 0.3 && {iou} < 0.6", "column_id": "iou"},
-     "backgroundColor": "#fdf3dc", "color": "#7a5600"},
-    {"if": {"filter_query": "{iou} >= 0.6", "column_id": "iou"},
-     "backgroundColor": "#e4f3e6", "color": "#1f6b2c"},
-    {"if": {"state": "active"}, "backgroundColor": "#e8f0fd", "border": "1px solid #2f6fde"},
-]
 
 
 def tile_detail(run: Any, info: runs.ModelInfo, tile_id: str, threshold: float) -> Any:
@@ -186,25 +197,15 @@ def tile_detail(run: Any, info: runs.ModelInfo, tile_id: str, threshold: float) 
 def layout(**_: Any) -> html.Div:
     """Threshold slider, metric cards, curves, group scores and the per-tile table."""
     graph = {"config": GRAPH_CONFIG, "style": {"height": f"{GRAPH_HEIGHT}px"}}
-    table = dash_table.DataTable(
-        id=ids.EV_TABLE, columns=table_columns(), data=[], page_size=PAGE_SIZE,
-        sort_action="native", filter_action="native", sort_by=[{"column_id": "iou",
-                                                                "direction": "asc"}],
-        style_table={"overflowX": "auto"},
-        style_header={"backgroundColor": "#f7f9fb", "fontWeight": 600, "color": "#66727f",
-                      "border": "none", "borderBottom": "1px solid #e2e7ed", "fontSize": 12},
-        style_filter={"backgroundColor": "#fbfcfd", "fontSize": 12},
-        style_cell={"fontFamily": "Inter, system-ui, sans-serif", "fontSize": 12.5,
-                    "padding": "5px 6px", "border": "none", "borderBottom": "1px solid #f0f2f5",
-                    "textAlign": "right", "minWidth": 48, "cursor": "pointer"},
-        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
-                                for c in ("tile_id", "disaster")] + [
-            {"if": {"column_id": "tile_id"}, "fontFamily": "ui-monospace, Menlo, monospace",
-             "fontSize": 11.5}],
-        style_data_conditional=IOU_STYLES,
-        tooltip_header={"true_pct": "building pixels in the truth",
-                        "pred_pct": "pixels predicted building at the threshold",
-                        "b_tp": "buildings matched at IoU ≥ 0.5"},
+    table = dag.AgGrid(
+        id=ids.EV_TABLE, columnDefs=table_columns(), rowData=[],
+        getRowId="params.data.id", columnSize="responsiveSizeToFit",
+        defaultColDef={"sortable": True, "filter": True, "floatingFilter": True,
+                       "resizable": True, "minWidth": 64},
+        dashGridOptions={"pagination": True, "paginationPageSize": PAGE_SIZE,
+                         "paginationPageSizeSelector": False, "domLayout": "autoHeight",
+                         "tooltipShowDelay": 300, "animateRows": False},
+        className="ev-grid", style={"height": None},
     )
     return html.Div([
         html.Div([
@@ -302,7 +303,7 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
     Output(ids.EV_CONFUSION, "figure"),
     Output(ids.EV_GROUPS, "children"),
     Output(ids.EV_DAMAGE, "children"),
-    Output(ids.EV_TABLE, "data"),
+    Output(ids.EV_TABLE, "rowData"),
     Input(ids.EV_READY, "data"),
     Input(ids.EV_THRESHOLD, "value"),
 )
@@ -333,15 +334,15 @@ def update_metrics(ready: dict | None, threshold: float | None) -> tuple:
 
 @callback(
     Output(ids.EV_DETAIL, "children"),
-    Input(ids.EV_TABLE, "active_cell"),
+    Input(ids.EV_TABLE, "cellClicked"),
     Input(ids.EV_THRESHOLD, "value"),
     State(ids.EV_READY, "data"),
     prevent_initial_call=True,
 )
-def row_detail(active: dict | None, threshold: float | None, ready: dict | None) -> Any:
+def row_detail(clicked: dict | None, threshold: float | None, ready: dict | None) -> Any:
     """The clicked row's tile with its error overlay at the threshold."""
     run = runs.get_run((ready or {}).get("run"))
-    tile_id = (active or {}).get("row_id")
+    tile_id = (clicked or {}).get("rowId")
     if run is None or not isinstance(tile_id, str) or tile_id not in run.index:
         return no_update
     info = runs.model_for(run)
