@@ -619,3 +619,21 @@ __all__ = [
     "write_tiles_table",
     "write_vectors",
 ]
+
+
+def read_pca_variance(run: EmbeddingsRun) -> np.ndarray | None:
+    """PCA's explained variance ratios from ``reduced/reducers/pca.npz`` (plain arrays, never a
+    pickle), or None when the run stores none or the file cannot be read."""
+    path = run.reducer_dir() / "pca.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "explained_variance_ratio" in npz:
+                return np.asarray(npz["explained_variance_ratio"])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+__all__.append("read_pca_variance")

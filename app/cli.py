@@ -174,9 +174,9 @@ def serve_preflight(args: argparse.Namespace) -> bool:
     Problems and warnings go to stderr (``problem: ...`` / ``warning: ...``), so a person sees
     at start-up what the dashboard's banner and ``/healthz`` will say.
     """
-    from app.web import health, state
+    from app.web import health, runs
 
-    state.configure(embeddings_run=args.embeddings_run, model_run=args.model_run)
+    runs.configure(embeddings_run=args.embeddings_run, model_run=args.model_run)
     report = health.preflight()
     for line in health.describe(report):
         print(line, file=sys.stderr if not line.startswith("ready:") else sys.stdout, flush=True)

@@ -101,14 +101,14 @@ def hover_child(root: str, run_id: str, ids: list[str], requests: int) -> dict:
     import json
 
     from app.web import ids as wids
-    from app.web import state
+    from app.web import runs
     from bench.dashreplay import Replay
 
     app = _app(Path(root), run_id)
     client = app.server.test_client()
     Replay(client).first_load("/")  # a page was loaded before anyone hovers
-    run = state.get_run(run_id)
-    version = state.run_version(run)
+    run = runs.get_run(run_id)
+    version = runs.run_version(run)
     rng = random.Random(1)
     for tid in ids[:20]:  # warm-up
         client.get(f"/img/{run_id}/thumb/{tid}?v={version}")

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from app import artifacts
 from app.data.base import DAMAGE_CLASSES
 from app.data.dataset import safe_name
-from app.ml.metrics import ERROR_COLOURS, pixel_confusion, pixel_scores
+from app.ml.metrics import ERROR_COLOURS, mask_edges, pixel_confusion, pixel_scores
 from app.ml.reduce import StreamingProjector
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -273,12 +273,7 @@ def overlay_image(thumb: np.ndarray, truth: np.ndarray | None, pred: np.ndarray)
         out[sel] = np.rint((1.0 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * palette[kind]).astype(
             np.uint8)
         return out
-    inner = pred.copy()
-    inner[1:, :] &= pred[:-1, :]
-    inner[:-1, :] &= pred[1:, :]
-    inner[:, 1:] &= pred[:, :-1]
-    inner[:, :-1] &= pred[:, 1:]
-    out[pred & ~inner] = PRED_COLOUR
+    out[mask_edges(pred)] = PRED_COLOUR
     return out
 
 

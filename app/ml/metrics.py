@@ -35,6 +35,7 @@ __all__ = [
     "building_scores",
     "count_buildings",
     "error_overlay",
+    "mask_edges",
     "pixel_confusion",
     "pixel_scores",
     "pr_curve",
@@ -332,6 +333,18 @@ def pr_curve(
 
 
 # --------------------------------------------------------------------------- overlay
+
+
+def mask_edges(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a boolean mask that touch a pixel outside it (4-connected): the outline that
+    every overlay draws, so outlines look the same on thumbnails and on the pages."""
+    m = np.asarray(mask, dtype=bool)
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
 
 
 def error_overlay(

@@ -20,7 +20,6 @@ are held in memory only (see ``app.web.main.InMemoryUploadRequest``).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import math
@@ -31,17 +30,23 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, abort, jsonify, request
+from scipy import ndimage as ndi
 from werkzeug.utils import secure_filename
 
 from app import artifacts, config
 from app.artifacts import ArtifactError
-from app.web import analysis, health, state
+from app.data.base import DatasetError
+from app.data.imageio import decode_image
+from app.ml import inference, registry
+from app.web import health, runs
+from app.web.images import png_bytes
+from app.web.logic import clusters
+from app.web.logic import tiles as tile_logic
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("unet_lens_api", __name__, url_prefix="/api")
 
-METHODS: tuple[str, ...] = ("pca", "tsne", "umap")
 #: Connected components smaller than this many pixels are not counted as buildings.
 MIN_BUILDING_PIXELS = 10
 _POINTS_CACHE_ENTRIES = 32
@@ -98,10 +103,10 @@ def _rounded(values: np.ndarray) -> list[float | None]:
 def points_payload(run: artifacts.EmbeddingsRun, method: str, k: int | None = None) -> bytes:
     """The encoded body of ``/api/points`` for a run, map and optional k."""
     tiles = run.tiles
-    x, y = analysis.map_coords(tiles, method)
-    version = state.run_version(run)
+    x, y = tile_logic.map_coords(tiles, method)
+    version = runs.run_version(run)
     if k is not None:
-        labelled = analysis.cached_labels(run.run_id, version, k)
+        labelled = clusters.cached_labels(run.run_id, version, k)
         cluster = None if labelled is None else np.asarray(labelled[0]).astype(int).tolist()
     elif "cluster" in tiles:
         cluster = tiles["cluster"].to_numpy(dtype=np.int64).tolist()
@@ -118,24 +123,24 @@ def points_payload(run: artifacts.EmbeddingsRun, method: str, k: int | None = No
 @bp.get("/points")
 def points() -> Response:
     """A map's ids, coordinates and clusters (see the module docstring)."""
-    run_id = request.args.get("run") or state.default_run_id()
+    run_id = request.args.get("run") or runs.default_run_id()
     method = request.args.get("method", "umap")
-    if method not in METHODS:
-        return error(400, f"method must be one of {', '.join(METHODS)}.")
+    if method not in registry.REDUCERS:
+        return error(400, f"method must be one of {', '.join(registry.reducer_names())}.")
     k_arg = request.args.get("k")
     k: int | None = None
     if k_arg is not None:
-        if not k_arg.isdigit() or int(k_arg) not in analysis.K_RANGE:
-            return error(400, f"k must be an integer from {analysis.K_RANGE[0]} to "
-                              f"{analysis.K_RANGE[-1]}.")
+        if not k_arg.isdigit() or int(k_arg) not in clusters.K_RANGE:
+            return error(400, f"k must be an integer from {clusters.K_RANGE[0]} to "
+                              f"{clusters.K_RANGE[-1]}.")
         k = int(k_arg)
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if run is None:
         return error(404, "unknown embeddings run.")
-    if method not in analysis.available_methods(run.tiles):
+    if method not in tile_logic.available_methods(run.tiles):
         return error(404, f"run {run.run_id} has no {method} map; compute it with "
                           f"`python -m app reduce {run.run_id}`.")
-    version = state.run_version(run)
+    version = runs.run_version(run)
     etag = f"{version}-{method}-{k or 0}"
     if request.if_none_match.contains(etag):
         response = Response(status=304)
@@ -179,14 +184,10 @@ def _model_service(model_arg: str | None) -> tuple[Any | None, Response | None]:
             return None, error(404, "unknown model run.")
         run_id: str | None = model_arg
     else:
-        run_id = health.model_run_for(state.get_run(state.default_run_id()))
+        run_id = runs.model_run_for(runs.get_run(runs.default_run_id()))
     if run_id is None:
         return None, error(503, "no model run is available to segment with; train one with "
                                 "`python -m app train`.")
-    try:
-        from app.ml import inference
-    except ImportError as exc:  # pragma: no cover - the module is part of the package
-        return None, error(503, f"inference is unavailable ({exc}).")
     try:
         sha = health.check_model(run_id)  # cheap (hash remembered per stat), no TensorFlow
         service = inference.get_service(run_id)
@@ -200,19 +201,10 @@ def _model_service(model_arg: str | None) -> tuple[Any | None, Response | None]:
     return service, None
 
 
-def _mask_png(mask: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, "PNG", optimize=True)
-    return buf.getvalue()
-
-
 def building_stats(prob: np.ndarray, threshold: float,
                    min_pixels: int = MIN_BUILDING_PIXELS) -> tuple[np.ndarray, dict[str, Any]]:
     """``(mask, stats)`` of a probability map: pixels over ``threshold``, and the count and sizes
     of connected buildings (4-connected, at least ``min_pixels``)."""
-    from scipy import ndimage as ndi
 
     mask = np.asarray(prob) >= threshold
     labels, n = ndi.label(mask)
@@ -235,9 +227,6 @@ def building_stats(prob: np.ndarray, threshold: float,
 @bp.post("/segment")
 def segment() -> Response:
     """Segment an uploaded image (see the module docstring)."""
-    from app.data.base import DatasetError
-    from app.data.imageio import decode_image
-
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "png"):
         return error(400, "format must be json or png.")
@@ -267,7 +256,7 @@ def segment() -> Response:
     started = time.perf_counter()
     prob = service.segment_large(rgb)
     mask, stats = building_stats(prob, threshold)
-    png = _mask_png(mask)
+    png = png_bytes(mask)
     stats.update({
         "model": {"run": service.run_id, "sha256": service.sha256[:12]},
         "device": service.device, "ms": round((time.perf_counter() - started) * 1000, 1),
@@ -292,5 +281,5 @@ def not_found(_rest: str = "") -> Response:
     abort(404)
 
 
-__all__ = ["METHODS", "bp", "building_stats", "error", "not_found", "points", "points_payload",
+__all__ = ["bp", "building_stats", "error", "not_found", "points", "points_payload",
            "segment"]

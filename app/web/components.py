@@ -1,6 +1,9 @@
-"""HTML building blocks shared by the pages: tooltip, tile cards, gallery, detail panel, cluster
-cards, tables. Pure functions of plain data (records from ``analysis``), so they unit-test
-without a server. Images are ``<img src="/img/...">`` URLs, never inline data."""
+"""Every reusable HTML block of the pages: messages, panels, controls, stats, tile cards, image
+figures, tooltip, gallery, detail panel, cluster cards, tables.
+
+Pure functions of plain data (records from ``app.web.logic``), so they unit-test without a
+server. Stored tiles are ``<img src="/img/...">`` URLs; computed images arrive as data URIs from
+:mod:`app.web.images`."""
 
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from dash import dcc, html
+from dash import dcc, html, no_update
 
-from app.web import ids
-from app.web.analysis import DAMAGE_COLOURS, DAMAGE_ORDER, cluster_colour
+from app.artifacts import EmbeddingsRun
+from app.ml.metrics import ERROR_COLOURS
+from app.web import ids, runs
 from app.web.images import img_url
+from app.web.logic.tiles import available_methods, tile_record
+from app.web.theme import DAMAGE_COLOURS, DAMAGE_ORDER, cluster_colour
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -39,13 +45,41 @@ def empty_state(title: str, body: str | Sequence[Any] = "", cid: str | None = No
                     className="empty-state", **kwargs)
 
 
+#: The style that hides a page's content while its empty state explains why.
+HIDDEN: dict[str, str] = {"display": "none"}
+
+
+def run_gate(run: EmbeddingsRun | None, what: str, *, info: runs.ModelInfo | None = None,
+             maps: bool = False, need_run: bool = True) -> html.Div | None:
+    """The empty state a page shows instead of its content, or None when it can show it.
+
+    Every page asks the same questions of the picked run, in this order: is there an embeddings
+    run (``need_run``), does it have maps (``maps``), is there a model (``info``)? ``what`` is
+    the page's verb ("show", "explain", ...).
+    """
+    if run is None and need_run:
+        return empty_state(
+            f"No embeddings run to {what}",
+            ["Build the demo with ", html.Code("python -m app demo"), ", or embed and reduce a "
+             "model run (", html.Code("python -m app embed …"), " then ",
+             html.Code("python -m app reduce <run>"), ")."])
+    if run is not None and maps and not available_methods(run.tiles):
+        return empty_state(
+            f"Run {run.run_id} has no maps yet",
+            ["Compute them with ", html.Code(f"python -m app reduce {run.run_id}"), "."])
+    if info is not None and not info.ok:
+        return empty_state(f"No model to {what} with", info.message)
+    return None
+
+
 def img(run_id: str, kind: str, tile_id: str, version: str, alt: str, cls: str = "") -> html.Img:
     """An image of a tile served by the id route."""
     return html.Img(src=img_url(run_id, kind, tile_id, version), alt=alt, className=cls,
                     draggable="false")
 
 
-def _stat(label: str, value: str, cls: str = "") -> html.Div:
+def stat(label: str, value: str, cls: str = "") -> html.Div:
+    """A label over a value (metrics in cards, summaries and tooltips)."""
     return html.Div([html.Span(label, className="stat-label"),
                      html.Span(value, className=f"stat-value {cls}".strip())], className="stat")
 
@@ -78,14 +112,14 @@ def tooltip(run_id: str, version: str, rec: dict[str, Any]) -> html.Div:
     tid = rec["tile_id"]
     meta = " · ".join(str(rec[k]) for k in ("phase", "disaster", "split") if rec.get(k))
     stats = [
-        _stat("IoU", fmt(rec.get("iou"))),
-        _stat("Precision", fmt(rec.get("precision"))),
-        _stat("Recall", fmt(rec.get("recall"))),
-        _stat("True bldg", pct(rec.get("true_fraction"))),
-        _stat("Pred bldg", pct(rec.get("pred_fraction"))),
+        stat("IoU", fmt(rec.get("iou"))),
+        stat("Precision", fmt(rec.get("precision"))),
+        stat("Recall", fmt(rec.get("recall"))),
+        stat("True bldg", pct(rec.get("true_fraction"))),
+        stat("Pred bldg", pct(rec.get("pred_fraction"))),
     ]
     if rec.get("cluster") is not None:
-        stats.append(_stat("Cluster", str(rec["cluster"])))
+        stats.append(stat("Cluster", str(rec["cluster"])))
     children: list[Any] = [
         html.Div([
             html.Figure([img(run_id, "thumb", tid, version, f"tile {tid}", "tip-img"),
@@ -103,40 +137,48 @@ def tooltip(run_id: str, version: str, rec: dict[str, Any]) -> html.Div:
     return html.Div([c for c in children if c is not None], className="tip")
 
 
-def tile_card(
+def tile_card(run_id: str, version: str, tile_id: str, foot: Any, *, href: str | None = None,
+              cid: Any = None, kind: str = "thumb", overlay: bool = False, cls: str = "",
+              title: str | None = None) -> html.Button | dcc.Link:
+    """The tile card of every gallery: thumbnail (and its error overlay), id and a footer.
+
+    A link when ``href`` is given, else a button with id ``cid`` (pattern-matching ids).
+    """
+    images = [img(run_id, kind, tile_id, version, f"tile {tile_id}", "card-img")]
+    if overlay:
+        images.append(img(run_id, "overlay", tile_id, version, f"overlay {tile_id}", "card-img"))
+    children = [html.Div(images, className="card-images"),
+                html.Div(tile_id, className="card-id", title=tile_id),
+                html.Div(foot, className="card-foot")]
+    classes = f"tile-card {cls}".strip()
+    if href is not None:
+        return dcc.Link(children, href=href, className=classes, title=title or tile_id)
+    return html.Button(children, id=cid, n_clicks=0, className=classes, title=title or tile_id)
+
+
+def record_card(
     run_id: str, version: str, rec: dict[str, Any], context: str, *, note: str = "",
     overlay: bool = True, active: bool = False,
 ) -> html.Button:
-    """A clickable tile card (pattern-matching id ``{"type": TILE_CARD, "index": "ctx|id"}``)."""
+    """A tile card with the tile's IoU that inspects it on the explore page (pattern-matching id
+    ``{"type": TILE_CARD, "index": "ctx|id"}``)."""
     tid = rec["tile_id"]
-    images = [img(run_id, "thumb", tid, version, f"tile {tid}", "card-img")]
-    if overlay:
-        images.append(img(run_id, "overlay", tid, version, f"overlay {tid}", "card-img"))
     foot = [html.Span(f"IoU {fmt(rec.get('iou'), 2)}", className="card-metric")]
     if note:
         foot.append(html.Span(note, className="card-note"))
-    return html.Button(
-        [html.Div(images, className="card-images"), html.Div(tid, className="card-id", title=tid),
-         html.Div(foot, className="card-foot")],
-        id={"type": ids.TILE_CARD, "index": f"{context}|{tid}"},
-        className="tile-card" + (" active" if active else ""), n_clicks=0, title=f"Inspect {tid}",
-    )
+    return tile_card(run_id, version, tid, foot, overlay=overlay,
+                     cid={"type": ids.TILE_CARD, "index": f"{context}|{tid}"},
+                     cls="active" if active else "", title=f"Inspect {tid}")
 
 
-def tile_link_card(run_id: str, version: str, rec: dict[str, Any]) -> dcc.Link:
-    """A tile card that opens the tile on the explore page (``/?tile=<id>``)."""
+def record_link_card(run_id: str, version: str, rec: dict[str, Any]) -> dcc.Link:
+    """A tile card with the tile's IoU and building share that opens it on the explore page."""
     tid = rec["tile_id"]
-    return dcc.Link(
-        [html.Div([img(run_id, "thumb", tid, version, f"tile {tid}", "card-img"),
-                   img(run_id, "overlay", tid, version, f"overlay {tid}", "card-img")],
-                  className="card-images"),
-         html.Div(tid, className="card-id", title=tid),
-         html.Div([html.Span(f"IoU {fmt(rec.get('iou'), 2)}", className="card-metric"),
-                   html.Span(pct(rec.get("true_fraction"), 0) + " bldg", className="card-note")],
-                  className="card-foot")],
-        href="/?" + urlencode({"tile": tid, "run": run_id}), className="tile-card",
-        title=f"Open {tid} on the explore page",
-    )
+    foot = [html.Span(f"IoU {fmt(rec.get('iou'), 2)}", className="card-metric"),
+            html.Span(pct(rec.get("true_fraction"), 0) + " bldg", className="card-note")]
+    return tile_card(run_id, version, tid, foot, overlay=True,
+                     href="/?" + urlencode({"tile": tid, "run": run_id}),
+                     title=f"Open {tid} on the explore page")
 
 
 def gallery_block(prefix: str, title: str = "") -> html.Section:
@@ -188,17 +230,17 @@ def detail_panel(
         fig("overlay", "errors"),
     ]
     stats = [
-        _stat("IoU", fmt(rec.get("iou"))), _stat("F1", fmt(rec.get("f1"))),
-        _stat("Precision", fmt(rec.get("precision"))), _stat("Recall", fmt(rec.get("recall"))),
-        _stat("True bldg", pct(rec.get("true_fraction"))),
-        _stat("Pred bldg", pct(rec.get("pred_fraction"))),
-        _stat("Buildings", fmt(rec.get("building_count"))),
-        _stat("Cluster", fmt(rec.get("cluster"))),
-        _stat("Silhouette", fmt(rec.get("silhouette"), 2)),
+        stat("IoU", fmt(rec.get("iou"))), stat("F1", fmt(rec.get("f1"))),
+        stat("Precision", fmt(rec.get("precision"))), stat("Recall", fmt(rec.get("recall"))),
+        stat("True bldg", pct(rec.get("true_fraction"))),
+        stat("Pred bldg", pct(rec.get("pred_fraction"))),
+        stat("Buildings", fmt(rec.get("building_count"))),
+        stat("Cluster", fmt(rec.get("cluster"))),
+        stat("Silhouette", fmt(rec.get("silhouette"), 2)),
     ]
     score_name = "cos" if metric == "cosine" else "dist"
     cards = [
-        tile_card(run_id, version, nrec, "nb", note=f"{score_name} {score:.3f}", overlay=False)
+        record_card(run_id, version, nrec, "nb", note=f"{score_name} {score:.3f}", overlay=False)
         for nrec, score in neighbours
     ]
     space = f"{dims}-d embedding" if dims else "embedding"
@@ -225,10 +267,6 @@ def detail_panel(
 
 def overlay_legend() -> html.Div:
     """Key of the error overlay's colours (true positive / false positive / false negative)."""
-    try:
-        from app.ml.metrics import ERROR_COLOURS  # numpy only, no TensorFlow
-    except ImportError:  # pragma: no cover - the colours of app.ml.metrics at the time of writing
-        ERROR_COLOURS = {"tp": (240, 240, 240), "fp": (213, 94, 0), "fn": (0, 114, 178)}
     names = {"tp": "correct building (TP)", "fp": "false alarm (FP)", "fn": "missed (FN)"}
     return html.Div([html.Span("errors:", className="legend-title")] + [
         html.Span([html.I(style={"background": "rgb({},{},{})".format(*ERROR_COLOURS[key])}),
@@ -253,12 +291,12 @@ def cluster_card(
             html.Span(f"{summary['size']:,} tiles · {summary['share']:.0%}", className="cluster-size"),
         ], className="cluster-head"),
         html.Div([
-            _stat("True bldg", pct(means.get("true_fraction"))),
-            _stat("Pred bldg", pct(means.get("pred_fraction"))),
-            _stat("IoU", fmt(means.get("iou"), 2)),
-            _stat("Precision", fmt(means.get("precision"), 2)),
-            _stat("Recall", fmt(means.get("recall"), 2)),
-            _stat("F1", fmt(means.get("f1"), 2)),
+            stat("True bldg", pct(means.get("true_fraction"))),
+            stat("Pred bldg", pct(means.get("pred_fraction"))),
+            stat("IoU", fmt(means.get("iou"), 2)),
+            stat("Precision", fmt(means.get("precision"), 2)),
+            stat("Recall", fmt(means.get("recall"), 2)),
+            stat("F1", fmt(means.get("f1"), 2)),
         ], className="stats cluster-stats", title="means over the cluster's tiles"),
         html.Div([html.Span("Buildings by damage class", className="stat-label"),
                   damage_bar(summary.get("damage", {}))], className="cluster-damage"),
@@ -322,17 +360,98 @@ def event_tile_id(event: Any) -> str | None:
 def hover_tooltip(hover_data: Any, run_id: str | None) -> tuple[bool, Any, Any]:
     """(show, bbox, children) of a map's ``dcc.Tooltip`` for a hover event: a dictionary
     lookup by id and a few HTML elements, no figure rebuild and no model call."""
-    from dash import no_update
-
-    from app.web import state
-    from app.web.analysis import tile_record
-
     tid = event_tile_id(hover_data)
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if tid is None or run is None or tid not in run.index:
         return False, no_update, no_update
     bbox = hover_data["points"][0].get("bbox")
     if not isinstance(bbox, dict):
         return False, no_update, no_update
     rec = tile_record(run.tiles, run.index[tid])
-    return True, bbox, tooltip(run.run_id, state.run_version(run), rec)
+    return True, bbox, tooltip(run.run_id, runs.run_version(run), rec)
+
+
+# --------------------------------------------------------------------------- lens pages
+
+
+def message(text: Any, kind: str = "error", cid: str | None = None) -> html.Div:
+    """An inline message box: "error" (red), "warn" (amber), "ok" (green) or "info" (blue)."""
+    kwargs: dict[str, Any] = {"id": cid} if cid else {}
+    if kind == "error":
+        kwargs["role"] = "alert"
+    return html.Div(text, className=f"lens-msg lens-msg-{kind}", **kwargs)
+
+
+def panel(title: Any, child: Any, hint: Any = "", cls: str = "", cid: str | None = None,
+          head_extra: Any = None) -> html.Div:
+    """A white panel with a title row."""
+    head: list[Any] = [html.Span(title, className="panel-title")]
+    if head_extra is not None:
+        head.append(head_extra)
+    if hint:
+        head.append(html.Span(hint, className="panel-hint"))
+    kwargs = {"id": cid} if cid else {}
+    return html.Div([html.Div(head, className="panel-head"), child],
+                    className=f"panel {cls}".strip(), **kwargs)
+
+
+def control(label: str, child: Any, cls: str = "", cid: str | None = None) -> html.Div:
+    kwargs = {"id": cid} if cid else {}
+    return html.Div([html.Label(label, className="control-label"), child],
+                    className=f"control {cls}".strip(), **kwargs)
+
+
+def figure(src: str, caption: Any, *, note: Any = None, cid: str | None = None,
+           cls: str = "", alt: str | None = None) -> html.Figure:
+    """An image with a caption under it."""
+    kwargs = {"id": cid} if cid else {}
+    cap: list[Any] = [caption]
+    if note:
+        cap.append(html.Span(note, className="fig-note"))
+    return html.Figure([html.Img(src=src, alt=alt or str(caption), className="lens-img",
+                                 draggable="false", **kwargs),
+                        html.Figcaption(cap)], className=f"lens-fig {cls}".strip())
+
+
+def placeholder(caption: str, text: str = "") -> html.Figure:
+    """A grey square standing in for an image that is not there (yet)."""
+    return html.Figure([html.Div(text, className="lens-img lens-placeholder"),
+                        html.Figcaption(caption)], className="lens-fig")
+
+
+def stack(base_src: str, top_src: str, *, opacity: float = 0.6, top_id: str | None = None,
+          alt: str = "heat map over the image") -> html.Div:
+    """Two images stacked (the top one's CSS opacity is the overlay slider)."""
+    kwargs = {"id": top_id} if top_id else {}
+    return html.Div([
+        html.Img(src=base_src, className="lens-img", alt="image", draggable="false"),
+        html.Img(src=top_src, className="lens-img stack-top", alt=alt, draggable="false",
+                 style={"opacity": opacity}, **kwargs),
+    ], className="stack")
+
+
+def progress_box(pid: str, label_id: str, box_id: str) -> html.Div:
+    """A progress bar with a label, hidden until a background callback runs."""
+    return html.Div([
+        html.Progress(id=pid, value="0", max="1", className="progress"),
+        html.Span("Working…", id=label_id, className="progress-label"),
+    ], id=box_id, className="progress-box", style={"display": "none"})
+
+
+def explain_href(run_id: str, tile_id: str) -> str:
+    return "/explain?" + urlencode({"tile": tile_id, "run": run_id})
+
+
+def colour_key(items: list[tuple[str, str]]) -> html.Div:
+    """A row of colour swatches with labels."""
+    return html.Div([html.Span([html.I(style={"background": colour}), label],
+                               className="damage-key") for colour, label in items],
+                    className="lens-key")
+
+
+def timing_text(ms: float, device: str, cached: bool, compute_ms: float | None = None) -> str:
+    """"computed in 123 ms (CPU)" or "from cache in 0.4 ms (computed in 123 ms on CPU)"."""
+    if cached:
+        extra = f" (computed in {compute_ms:,.0f} ms on {device})" if compute_ms is not None else ""
+        return f"from cache in {ms:,.1f} ms{extra}"
+    return f"computed in {ms:,.0f} ms ({device})"

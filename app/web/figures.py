@@ -1,4 +1,8 @@
-"""Pure Plotly figure builders (no Dash state, no I/O): unit-testable on plain arrays.
+"""Every Plotly figure of the dashboard, built from plain arrays (no Dash state, no I/O).
+
+Maps (explore, clusters, segment's placement), the clusters page's sweep and silhouette plots,
+Explain's clickable image and Evaluate's curves, confusion matrix and damage bars; colours and
+the template come from :mod:`app.web.theme`.
 
 Maps are one WebGL ``Scattergl`` trace of all tiles (trace 0) whose ``customdata`` is the tile
 id, a highlight ring (trace 1) and ``MAX_LEGEND`` legend-only traces (categorical colouring).
@@ -18,33 +22,14 @@ import plotly.colors as pcolors
 import plotly.graph_objects as go
 from dash import Patch
 
-from app.web.analysis import MAX_CATEGORIES, ColourSpec, cluster_colour
+from app.ml import evaluate
+from app.web.logic.tiles import MAX_CATEGORIES, ColourSpec, overview_rows
+from app.web.theme import DAMAGE_COLOURS, INK, MUTED, NAN_COLOUR, TEMPLATE, cluster_colour
 
 MAX_LEGEND = MAX_CATEGORIES
 MAIN, HIGHLIGHT, LEGEND0 = 0, 1, 2
-FONT = "Inter, system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
-INK, MUTED, GRID = "#1f2933", "#66727f", "#e9edf1"
-NAN_COLOUR = "#c4c9d0"
 #: Share of a continuous colour bar given to "no value" (grey, below the minimum).
 NAN_BAND = 0.06
-
-TEMPLATE = go.layout.Template(
-    layout={
-        "font": {"family": FONT, "size": 12, "color": INK},
-        "paper_bgcolor": "rgba(0,0,0,0)",
-        "plot_bgcolor": "#ffffff",
-        "colorway": ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"],
-        "xaxis": {"gridcolor": GRID, "zeroline": False, "linecolor": "#cfd6dd",
-                  "ticks": "", "title": {"font": {"size": 12, "color": MUTED}}},
-        "yaxis": {"gridcolor": GRID, "zeroline": False, "linecolor": "#cfd6dd",
-                  "ticks": "", "title": {"font": {"size": 12, "color": MUTED}}},
-        "title": {"font": {"size": 14, "color": INK}, "x": 0.0, "xanchor": "left",
-                  "xref": "paper"},
-        "hoverlabel": {"font": {"family": FONT}},
-        "modebar": {"bgcolor": "rgba(255,255,255,0.85)", "color": "#9aa5b1",
-                    "activecolor": "#2f6fde"},
-    }
-)
 GRAPH_CONFIG: dict[str, Any] = {
     "displaylogo": False,
     "scrollZoom": True,
@@ -274,6 +259,35 @@ def empty_figure(message: str, height: int | None = None) -> go.Figure:
     return fig
 
 
+def placement_figure(
+    x: np.ndarray, y: np.ndarray, tile_ids: np.ndarray, spec: ColourSpec, *,
+    axis_titles: tuple[str, str], neighbour_rows: Sequence[int], point: Sequence[float] | None,
+    approx: bool, uirevision: str, height: int, max_points: int,
+) -> go.Figure:
+    """A run's map with an upload starred at ``point`` and its nearest tiles ringed; runs of
+    more than ``max_points`` tiles draw a fixed sample."""
+    rows = overview_rows(len(x), max_points)
+    fig = map_figure(x if rows is None else x[rows], y if rows is None else y[rows],
+                     tile_ids if rows is None else tile_ids[rows],
+                     spec if rows is None else spec.take(rows),
+                     axis_titles=axis_titles, large=True, uirevision=uirevision, height=height)
+    nrows = list(neighbour_rows)
+    if nrows:
+        fig.add_trace(go.Scatter(
+            x=x[nrows], y=y[nrows], mode="markers", name="nearest tiles", hoverinfo="skip",
+            marker={"size": 13, "color": "rgba(0,0,0,0)",
+                    "line": {"color": "#111827", "width": 1.8}}, showlegend=True))
+    if point:
+        label = "upload (approx.)" if approx else "upload"
+        fig.add_trace(go.Scatter(
+            x=[point[0]], y=[point[1]], mode="markers", name=label, showlegend=True,
+            marker={"symbol": "star", "size": 22, "color": "#ffd400",
+                    "line": {"color": "#111827", "width": 1.6}},
+            hovertemplate=f"{label}<extra></extra>"))
+    fig.update_layout(dragmode="pan", showlegend=True)
+    return fig
+
+
 def _k_line(fig: go.Figure, k: int | None, label: str) -> None:
     if k is not None:
         fig.add_vline(x=k, line={"color": "#111827", "width": 1.2, "dash": "dot"},
@@ -282,24 +296,32 @@ def _k_line(fig: go.Figure, k: int | None, label: str) -> None:
                       annotation_position="top right")
 
 
+def _sweep_figure(ks: list, ys: list, *, name: str, colour: str, hover: str, title: str,
+                  y_axis: dict[str, Any], current_k: int | None, height: int) -> go.Figure:
+    """A per-k curve of the K-means sweep with the current k marked."""
+    fig = go.Figure(go.Scatter(
+        x=ks, y=ys, mode="lines+markers", name=name,
+        line={"color": colour, "width": 2}, marker={"size": 7},
+        hovertemplate=f"k = %{{x}}<br>{hover}<extra></extra>",
+    ))
+    _k_line(fig, current_k, f"k = {current_k}")
+    fig.update_layout(
+        template=TEMPLATE, height=height, title={"text": title},
+        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
+        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1}, yaxis=y_axis,
+    )
+    return fig
+
+
 def elbow_figure(sweep: dict, current_k: int | None = None, height: int = 260) -> go.Figure:
     """Inertia vs k (the elbow curve), with the current k marked."""
     ks, inertia = list(sweep.get("k", [])), list(sweep.get("inertia", []))
     if not ks or len(ks) != len(inertia):
         return empty_figure("No K-means sweep stored for this run.", height)
-    fig = go.Figure(go.Scatter(
-        x=ks, y=inertia, mode="lines+markers", name="inertia",
-        line={"color": "#4e79a7", "width": 2}, marker={"size": 7},
-        hovertemplate="k = %{x}<br>inertia = %{y:,.4g}<extra></extra>",
-    ))
-    _k_line(fig, current_k, f"k = {current_k}")
-    fig.update_layout(
-        template=TEMPLATE, height=height, title={"text": "Elbow: inertia vs k"},
-        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
-        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1},
-        yaxis={"title": {"text": "Inertia (within-cluster SS)"}, "tickformat": ".3s"},
-    )
-    return fig
+    return _sweep_figure(
+        ks, inertia, name="inertia", colour="#4e79a7", hover="inertia = %{y:,.4g}",
+        title="Elbow: inertia vs k", current_k=current_k, height=height,
+        y_axis={"title": {"text": "Inertia (within-cluster SS)"}, "tickformat": ".3s"})
 
 
 def silhouette_k_figure(sweep: dict, current_k: int | None = None, height: int = 260) -> go.Figure:
@@ -307,11 +329,10 @@ def silhouette_k_figure(sweep: dict, current_k: int | None = None, height: int =
     ks, sil = list(sweep.get("k", [])), list(sweep.get("silhouette", []))
     if not ks or len(ks) != len(sil):
         return empty_figure("No silhouette sweep stored for this run.", height)
-    fig = go.Figure(go.Scatter(
-        x=ks, y=sil, mode="lines+markers", name="mean silhouette",
-        line={"color": "#59a14f", "width": 2}, marker={"size": 7},
-        hovertemplate="k = %{x}<br>mean silhouette = %{y:.3f}<extra></extra>",
-    ))
+    fig = _sweep_figure(
+        ks, sil, name="mean silhouette", colour="#59a14f", hover="mean silhouette = %{y:.3f}",
+        title="Mean silhouette vs k  (★ best)", current_k=current_k, height=height,
+        y_axis={"title": {"text": "Mean silhouette"}})
     best = sweep.get("best_k")
     if best in ks:
         fig.add_trace(go.Scatter(
@@ -320,13 +341,6 @@ def silhouette_k_figure(sweep: dict, current_k: int | None = None, height: int =
                     "line": {"color": "#8a6d00", "width": 1}},
             hovertemplate="best k = %{x}<extra></extra>",
         ))
-    _k_line(fig, current_k, f"k = {current_k}")
-    fig.update_layout(
-        template=TEMPLATE, height=height, title={"text": "Mean silhouette vs k  (★ best)"},
-        margin={"l": 60, "r": 14, "t": 40, "b": 44}, showlegend=False,
-        xaxis={"title": {"text": "k (number of clusters)"}, "dtick": 1},
-        yaxis={"title": {"text": "Mean silhouette"}},
-    )
     return fig
 
 
@@ -370,6 +384,148 @@ def silhouette_samples_figure(
         yaxis={"title": {"text": "Tiles, grouped by cluster"}, "showticklabels": False,
                "showgrid": False, "range": [0, y0]},
     )
+    return fig
+
+
+# --------------------------------------------------------------------------- explain
+
+#: Click / hover resolution of Explain's image figure: one cell per pixel up to this many per side.
+CLICK_GRID_MAX = 256
+
+
+def image_figure(src: str, width: int, height: int, target: str,
+                 target_data: dict | None, fig_height: int = 420) -> go.Figure:
+    """The picked image in a Plotly figure (x = column, y = row, both in image pixels): a
+    layout image (the ``/img/...`` URL of a stored tile) under a transparent heat-map trace
+    that turns hovers and clicks into pixel coordinates. Draw a box in "box" mode, click a
+    pixel in "pixel" mode; the current box / pixel is drawn on it."""
+    # One transparent cell per pixel up to CLICK_GRID_MAX per side, coarser beyond.
+    step = max(1, int(np.ceil(max(width, height) / CLICK_GRID_MAX)))
+    gw, gh = int(np.ceil(width / step)), int(np.ceil(height / step))
+    fig = go.Figure(go.Heatmap(
+        z=np.zeros((gh, gw), np.uint8), x0=(step - 1) / 2, dx=step, y0=(step - 1) / 2, dy=step,
+        colorscale=[[0, "rgba(0,0,0,0)"], [1, "rgba(0,0,0,0)"]], showscale=False,
+        hovertemplate="x %{x:.0f}, y %{y:.0f}<extra></extra>", name="image"))
+    shapes = []
+    data = target_data or {}
+    if target == "box" and data.get("box"):
+        x0, y0, x1, y1 = data["box"]
+        shapes.append({"type": "rect", "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                       "line": {"color": "#ffd400", "width": 2.5},
+                       "fillcolor": "rgba(255,212,0,0.12)", "editable": True})
+    if target == "pixel" and data.get("pixel"):
+        x, y = data["pixel"]
+        r = max(width, height) / 60
+        shapes.append({"type": "circle", "x0": x - r, "y0": y - r, "x1": x + r, "y1": y + r,
+                       "line": {"color": "#ffd400", "width": 2.5}})
+    fig.update_layout(
+        template=TEMPLATE, height=fig_height, margin={"l": 0, "r": 0, "t": 0, "b": 0},
+        xaxis={"visible": False, "range": [-0.5, width - 0.5], "constrain": "domain",
+               "showgrid": False},
+        yaxis={"visible": False, "range": [height - 0.5, -0.5], "scaleanchor": "x",
+               "constrain": "domain", "showgrid": False},
+        images=[{"source": src, "xref": "x", "yref": "y", "x": -0.5, "y": -0.5,
+                 "sizex": width, "sizey": height, "sizing": "stretch", "layer": "below",
+                 "xanchor": "left", "yanchor": "top"}],
+        dragmode="drawrect" if target == "box" else "zoom", shapes=shapes,
+        newshape={"line": {"color": "#ffd400", "width": 2.5},
+                  "fillcolor": "rgba(255,212,0,0.12)"},
+        uirevision=src, plot_bgcolor="#0b0f14", hovermode="closest",
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def pr_figure(ev: evaluate.Evaluation, threshold: float, height: int = 300) -> go.Figure:
+    """Pixel precision vs recall over thresholds, the current threshold marked."""
+    c = evaluate.curves(ev)
+    cur = evaluate.pixel_summary(ev, threshold)
+    fig = go.Figure(go.Scatter(
+        x=c["recall"], y=c["precision"], mode="lines", line={"color": "#2f6fde", "width": 2.2},
+        customdata=c["threshold"], name="PR",
+        hovertemplate="threshold %{customdata:.2f}<br>recall %{x:.3f}<br>"
+                      "precision %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=[cur["recall"]], y=[cur["precision"]], mode="markers", name="current",
+        marker={"size": 12, "color": "#e15759", "line": {"color": "#fff", "width": 2}},
+        hovertemplate=f"threshold {threshold:.2f}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}"
+                      "<extra></extra>"))
+    fig.update_layout(
+        template=TEMPLATE, height=height, showlegend=False,
+        title={"text": "Precision–recall (pixels)"},
+        margin={"l": 54, "r": 14, "t": 40, "b": 44},
+        xaxis={"title": {"text": "Recall"}, "range": [0, 1.02]},
+        yaxis={"title": {"text": "Precision"}, "range": [0, 1.02]})
+    return fig
+
+
+def threshold_figure(ev: evaluate.Evaluation, threshold: float, height: int = 300) -> go.Figure:
+    """IoU and F1 vs threshold, the current threshold and the best-IoU one marked."""
+    c = evaluate.curves(ev)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=c["threshold"], y=c["iou"], mode="lines", name="IoU",
+                             line={"color": "#59a14f", "width": 2.2},
+                             hovertemplate="threshold %{x:.2f}<br>IoU %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=c["threshold"], y=c["f1"], mode="lines", name="F1",
+                             line={"color": "#f28e2b", "width": 1.6, "dash": "dot"},
+                             hovertemplate="threshold %{x:.2f}<br>F1 %{y:.3f}<extra></extra>"))
+    best = float(c["threshold"][int(np.argmax(c["iou"]))])
+    fig.add_vline(x=threshold, line={"color": "#e15759", "width": 1.5},
+                  annotation={"text": f"t = {threshold:.2f}", "font": {"size": 11}},
+                  annotation_position="top right")
+    if abs(best - threshold) > 0.015:
+        fig.add_vline(x=best, line={"color": "#8a96a3", "width": 1, "dash": "dash"},
+                      annotation={"text": f"best IoU at {best:.2f}", "font": {"size": 10,
+                                                                               "color": "#66727f"}},
+                      annotation_position="bottom left")
+    fig.update_layout(
+        template=TEMPLATE, height=height, title={"text": "IoU and F1 vs threshold"},
+        margin={"l": 54, "r": 14, "t": 40, "b": 44},
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.13},
+        xaxis={"title": {"text": "Threshold"}, "range": [0, 1]},
+        yaxis={"title": {"text": "Score"}, "range": [0, 1.02]})
+    return fig
+
+
+def confusion_figure(summary: dict[str, Any], height: int = 300) -> go.Figure:
+    """2×2 pixel confusion matrix with counts and shares."""
+    tp, fp, fn, tn = (int(summary[k]) for k in ("tp", "fp", "fn", "tn"))
+    total = max(1, tp + fp + fn + tn)
+    z = [[tp, fn], [fp, tn]]
+    names = [["TP", "FN"], ["FP", "TN"]]
+    text = [[f"<b>{names[i][k]}</b><br>{z[i][k]:,}<br>{z[i][k] / total:.1%}" for k in range(2)]
+            for i in range(2)]
+    fig = go.Figure(go.Heatmap(
+        z=np.log10(np.asarray(z, float) + 1), x=["building", "background"],
+        y=["building", "background"], text=text, texttemplate="%{text}",
+        textfont={"size": 13}, colorscale=[[0, "#f4f7fb"], [1, "#2f6fde"]], showscale=False,
+        hovertemplate="truth %{y} · predicted %{x}<extra></extra>", xgap=3, ygap=3))
+    fig.update_layout(
+        template=TEMPLATE, height=height, title={"text": "Confusion matrix (pixels)"},
+        margin={"l": 90, "r": 14, "t": 40, "b": 54},
+        xaxis={"title": {"text": "Predicted"}, "side": "bottom", "showgrid": False},
+        yaxis={"title": {"text": "Truth"}, "autorange": "reversed", "showgrid": False})
+    return fig
+
+
+def damage_figure(rows: list[dict[str, Any]], height: int = 260) -> go.Figure:
+    """Approximate building recall per damage class (bars labelled with building counts)."""
+    rows = [r for r in rows if r.get("recall") is not None]
+    names = [r["damage"] for r in rows]
+    fig = go.Figure(go.Bar(
+        x=names, y=[r["recall"] for r in rows],
+        marker={"color": [DAMAGE_COLOURS.get(n, "#9c755f") for n in names]},
+        text=[f"{r['recall']:.2f}<br><span style='font-size:10px'>{r['buildings']:,} bldg</span>"
+              for r in rows],
+        textposition="outside", cliponaxis=False,
+        hovertemplate="%{x}: recall ≈ %{y:.3f}<extra></extra>"))
+    fig.update_layout(
+        template=TEMPLATE, height=height, showlegend=False,
+        title={"text": "Building recall by damage class (approx.)"},
+        margin={"l": 54, "r": 14, "t": 40, "b": 44},
+        yaxis={"title": {"text": "Recall"}, "range": [0, 1.18]})
     return fig
 
 

@@ -37,7 +37,9 @@ import app as app_pkg
 from app import artifacts, config
 from app.artifacts import ArtifactError
 from app.fsutil import sha256_file
-from app.web import state
+from app.ml import registry
+from app.ml.reduce import ReducerLoadError, load_reducer, reducer_files
+from app.web import runs
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ TTL_SECONDS = 2.0
 REDIS_TTL_SECONDS = 5.0
 
 _hashes: dict[str, tuple[tuple[int, int, int], str]] = {}
+#: model run → ((size, mtime, inode, expected SHA-256), the SHA-256 verified): a model file
+#: is re-hashed by ``artifacts.verify_model_file`` only when it or its manifest changed.
+_verified: dict[str, tuple[tuple, str]] = {}
 _hash_lock = threading.Lock()
 _memo: dict[tuple, tuple[float, Report]] = {}
 _memo_lock = threading.Lock()
@@ -84,7 +89,7 @@ def tidy(message: str) -> str:
     """Shorten the configured roots in a message (``/srv/x/model_store/run`` → ``model_store/run``)."""
     roots = {
         str(config.MODEL_STORE): "model_store",
-        str(state.embeddings_root()): "embeddings",
+        str(runs.embeddings_root()): "embeddings",
         str(config.REPO_ROOT): ".",
     }
     for root, short in sorted(roots.items(), key=lambda kv: -len(kv[0])):
@@ -110,37 +115,32 @@ def file_sha256(path: Path) -> str:
     return sha
 
 
-def model_run_for(run: artifacts.EmbeddingsRun | None) -> str | None:
-    """The model run served with ``run``: the configured one (``--model-run``), else the run's
-    own, else the demo's, the first that exists in the model store (as the pages choose)."""
-    available = set(artifacts.list_runs(config.MODEL_STORE))
-    for candidate in (state.model_run(), run.model_run if run is not None else None,
-                      config.DEMO_MODEL_RUN):
-        if candidate and candidate in available:
-            return str(candidate)
-    return None
-
-
 def check_model(run_id: str) -> str:
     """The SHA-256 of a stored model after checking it, or ``ArtifactError`` saying why not.
 
-    Cheap and TensorFlow-free: the manifest is read, the file hashed (remembered per stat) and
-    compared with the manifest, and the archive must be a zip holding Keras's ``config.json``.
+    Cheap and TensorFlow-free: ``artifacts.verify_model_file`` hashes the file and compares it
+    with the manifest (its result remembered per stat and expected hash), and the archive must be a zip holding Keras's ``config.json``.
     """
-    manifest = artifacts.read_model_manifest(run_id)
+    expected = artifacts.read_model_manifest(run_id).get("files", {}).get("model.keras")
     path = artifacts.model_dir(run_id) / "model.keras"
-    if not path.is_file():
-        raise ArtifactError(f"model run {run_id!r}: {path} is missing.")
     try:
-        found = file_sha256(path)
+        key = (*_stat_key(path), str(expected))
+    except FileNotFoundError:
+        key = None
     except OSError as exc:
         raise ArtifactError(f"model run {run_id!r}: cannot read {path} ({exc}).") from exc
-    expected = manifest.get("files", {}).get("model.keras")
-    if found != expected:
-        raise ArtifactError(
-            f"model run {run_id!r}: {path} has SHA-256 {found[:12]}…, the manifest expects "
-            f"{str(expected)[:12]}…. The file was changed or corrupted; re-train or restore it."
-        )
+    with _hash_lock:
+        cached = _verified.get(run_id)
+    if key is not None and cached is not None and cached[0] == key:
+        found = cached[1]
+    else:
+        try:
+            path, found = artifacts.verify_model_file(run_id)
+        except OSError as exc:
+            raise ArtifactError(f"model run {run_id!r}: cannot read {path} ({exc}).") from exc
+        if key is not None:
+            with _hash_lock:
+                _verified[run_id] = (key, found)
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -157,8 +157,6 @@ def reducer_problem(run: artifacts.EmbeddingsRun, method: str, *, load: bool = F
     Without ``load``: the files exist and match the manifest's SHA-256 (no unpickling). With
     ``load``: ``app.ml.reduce.load_reducer`` is run (hashes, format, library versions, unpickle).
     """
-    from app.ml.reduce import ReducerLoadError, load_reducer, reducer_files
-
     info = run.manifest.get("reduce") or {}
     files = info.get("files") or {}
     expected = {name: files.get(f"reduced/reducers/{name}") for name in reducer_files(method)}
@@ -187,7 +185,7 @@ def reducer_problem(run: artifacts.EmbeddingsRun, method: str, *, load: bool = F
 def _reduced_methods(run: artifacts.EmbeddingsRun) -> list[str]:
     params = (run.manifest.get("reduce") or {}).get("params") or {}
     methods = params.get("methods") or []
-    return [m for m in methods if m in ("pca", "tsne", "umap")]
+    return [m for m in methods if m in registry.REDUCERS]
 
 
 def _redis_problem(url: str) -> str | None:
@@ -197,7 +195,7 @@ def _redis_problem(url: str) -> str | None:
     if cached is not None and now - cached[0] < REDIS_TTL_SECONDS:
         return cached[1]
     try:
-        import redis
+        import redis  # an optional dependency, only with a Redis cache
 
         redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
         problem = None
@@ -234,8 +232,8 @@ def cache_info(flask_app: Any | None = None) -> dict[str, Any]:
 def check(*, load_reducers: bool = False, use_memo: bool = True) -> Report:
     """What the server would serve now (see the module docstring)."""
     app_id = id(current_app._get_current_object()) if current_app else None
-    key = (str(state.embeddings_root()), str(config.MODEL_STORE), state.model_run(),
-           state.default_run_id(), load_reducers, app_id)
+    key = (str(runs.embeddings_root()), str(config.MODEL_STORE), runs.model_run(),
+           runs.default_run_id(), load_reducers, app_id)
     now = time.monotonic()
     if use_memo:
         with _memo_lock:
@@ -254,20 +252,20 @@ def check(*, load_reducers: bool = False, use_memo: bool = True) -> Report:
 
 def _check(load_reducers: bool) -> Report:
     report = Report()
-    root = state.embeddings_root()
-    run_id = state.default_run_id()
+    root = runs.embeddings_root()
+    run_id = runs.default_run_id()
     run = None
     if run_id is None:
-        wanted = state.wanted_run_id()
+        wanted = runs.wanted_run_id()
         report.problems.append(
             (f"embeddings run {wanted!r} is not in {root}. " if wanted else
              f"No embeddings run in {root}. ")
             + "Build the demo with `python -m app demo`, or embed and reduce a model run.")
     else:
         report.embeddings_run = run_id
-        run = state.get_run(run_id)
+        run = runs.get_run(run_id)
         if run is None:
-            reason = state.run_error(run_id) or f"embeddings run {run_id!r} cannot be opened."
+            reason = runs.run_error(run_id) or f"embeddings run {run_id!r} cannot be opened."
             report.problems.append(reason)
         else:
             report.tiles = len(run.tiles)
@@ -276,8 +274,8 @@ def _check(load_reducers: bool) -> Report:
             except (ArtifactError, OSError, ValueError) as exc:
                 report.problems.append(str(exc))
 
-    model_run = model_run_for(run)
-    wanted_model = state.model_run() or (run.model_run if run is not None else None)
+    model_run = runs.model_run_for(run)
+    wanted_model = runs.model_run() or (run.model_run if run is not None else None)
     if model_run is None:
         report.problems.append(
             f"No model run {(wanted_model or config.DEMO_MODEL_RUN)!r} in {config.MODEL_STORE}. "
@@ -320,6 +318,7 @@ def forget() -> None:
         _memo.clear()
     with _hash_lock:
         _hashes.clear()
+        _verified.clear()
     _redis_state.clear()
 
 
@@ -381,5 +380,5 @@ def healthz() -> tuple[Response, int]:
 __all__ = [
     "Report", "bp", "cache_info", "check", "check_model", "describe", "file_sha256", "forget",
     "healthz",
-    "model_run_for", "preflight", "reducer_problem", "tensorflow_info", "tidy",
+    "preflight", "reducer_problem", "tensorflow_info", "tidy",
 ]

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from app import config
+from app.data.base import DatasetError
+from app.data.imageio import decode_image
 
 #: Shown under the upload box.
 ACCEPTED = "PNG, JPEG or TIFF · 8/16-bit · RGB, grayscale, RGBA, palette or CMYK"
@@ -97,9 +99,6 @@ def parse_upload(
     max_pixels: int | None = None,
 ) -> Upload:
     """Decode ``dcc.Upload`` ``contents`` into an :class:`Upload`, or raise :class:`UploadError`."""
-    from app.data.base import DatasetError
-    from app.data.imageio import decode_image
-
     limit = config.MAX_UPLOAD_BYTES if max_bytes is None else int(max_bytes)
     pixels = config.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     name = safe_name(filename)

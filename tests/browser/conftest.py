@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.webapp import built_app
+
 CHROMIUM = os.environ.get("UNET_LENS_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("UNET_LENS_CHROMEDRIVER", "/usr/bin/chromedriver")
 CHROME_FLAGS = (
@@ -65,11 +67,9 @@ def live_server(browser_run: tuple[Path, str], tmp_path_factory) -> Iterator[str
     """The real app (``create_app``) on a free 127.0.0.1 port, served by werkzeug in a thread."""
     from werkzeug.serving import make_server
 
-    from app.web.main import create_app
-
     root, run_id = browser_run
     cache_dir = tmp_path_factory.mktemp("browser-cache")
-    app = create_app(embeddings_run=run_id, embeddings_root=root,
+    app = built_app(embeddings_run=run_id, embeddings_root=root,
                      cache_config={"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(cache_dir)})
     assert app.server.debug is False
     server = make_server("127.0.0.1", 0, app.server, threaded=True)

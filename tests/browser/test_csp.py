@@ -36,6 +36,8 @@ def test_pages_render_under_the_csp(browser: Browser, live_server: str) -> None:
                       "return c ? c.width * c.height : -1", gd) != 0
     browser.open("/clusters")
     browser.graph("#clusters-map .js-plotly-plot")
+    browser.open("/evaluate")  # the per-tile table is dash-ag-grid: its injected styles too
+    browser.wait(lambda: browser.css("#evaluate-table .ag-root-wrapper"), what="the AG Grid table")
     severe = browser.severe()
     assert not [m for m in severe if "Content Security Policy" in m or "Refused" in m], severe
     assert severe == []

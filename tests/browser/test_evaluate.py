@@ -14,7 +14,7 @@ MODEL_TIMEOUT = 180
 
 def test_evaluate_loads_metrics_and_table(browser: Browser) -> None:
     browser.open("/evaluate")
-    browser.wait(lambda: len(browser.css("#evaluate-table td[data-dash-column=tile_id]")) > 0,
+    browser.wait(lambda: len(browser.css("#evaluate-table .ag-row .ag-cell[col-id=tile_id]")) > 0,
                  timeout=MODEL_TIMEOUT, what="the per-tile table")
     cards = browser.css("#evaluate-metrics .metric-card")
     assert [c.find_element("css selector", ".metric-label").text.upper() for c in cards[:4]] == [
@@ -30,7 +30,7 @@ def test_evaluate_loads_metrics_and_table(browser: Browser) -> None:
     assert "test split" in browser.css("#evaluate-subtitle")[0].text
     browser.shot("evaluate")
     # click a row: the tile and its TP / FP / FN overlay
-    cell = browser.css("#evaluate-table td[data-dash-column=tile_id]")[0]
+    cell = browser.css("#evaluate-table .ag-row .ag-cell[col-id=tile_id]")[0]
     tile = cell.text
     browser.js("arguments[0].scrollIntoView({block: 'center'});", cell)
     cell.click()

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 
 from app import config
-from app.web import api, state
+from app.ml import registry
+from app.web import api, runs
 from tests.serving import linked_run, png_bytes, tiny_model_run
+from tests.webapp import built_app
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +30,10 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str, s
 
 @pytest.fixture(scope="module")
 def client(stores, tmp_path_factory):
-    from app.web.main import create_app
-
     store, root, _, run_id = stores
     mp = pytest.MonkeyPatch()
     mp.setattr(config, "MODEL_STORE", store)
-    app = create_app(embeddings_run=run_id, embeddings_root=root,
+    app = built_app(embeddings_run=run_id, embeddings_root=root,
                      cache_config={"CACHE_TYPE": "SimpleCache"})
     yield app.server.test_client()
     mp.undo()
@@ -83,7 +83,7 @@ def test_healthz_never_imports_tensorflow(stores, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- /api/points
 
 
-@pytest.mark.parametrize("method", api.METHODS)
+@pytest.mark.parametrize("method", registry.reducer_names())
 def test_points_are_compact_ids_coordinates_and_clusters(client, stores, method: str) -> None:
     _, root, _, run_id = stores
     r = client.get(f"/api/points?run={run_id}&method={method}")
@@ -132,15 +132,13 @@ def test_points_bad_queries(client, query: str, status: int) -> None:
 def test_points_missing_map_is_a_404_naming_the_fix(stores, tmp_path: Path, monkeypatch) -> None:
     import shutil
 
-    from app.web.main import create_app
-
     store, root, _, run_id = stores
     shutil.copytree(root / run_id, tmp_path / run_id)
     coords = pd.read_parquet(tmp_path / run_id / "reduced" / "coords.parquet")
     coords.drop(columns=["tsne_x", "tsne_y"]).to_parquet(
         tmp_path / run_id / "reduced" / "coords.parquet", index=False)
     monkeypatch.setattr(config, "MODEL_STORE", store)
-    client = create_app(embeddings_root=tmp_path,
+    client = built_app(embeddings_root=tmp_path,
                         cache_config={"CACHE_TYPE": "SimpleCache"}).server.test_client()
     r = client.get(f"/api/points?run={run_id}&method=tsne")
     assert r.status_code == 404 and "python -m app reduce" in r.json["error"]
@@ -254,15 +252,13 @@ def test_segment_over_the_size_limit_is_a_413(client) -> None:
 
 
 def test_segment_without_a_model_is_a_503(stores, tmp_path: Path, monkeypatch) -> None:
-    from app.web.main import create_app
-
     _, root, _, run_id = stores
     monkeypatch.setattr(config, "MODEL_STORE", tmp_path / "empty-store")
-    client = create_app(embeddings_run=run_id, embeddings_root=root,
+    client = built_app(embeddings_run=run_id, embeddings_root=root,
                         cache_config={"CACHE_TYPE": "SimpleCache"}).server.test_client()
     r = client.post("/api/segment", data=png_bytes(), content_type="image/png")
     assert r.status_code == 503 and "python -m app train" in r.json["error"]
-    state.configure()
+    runs.configure()
 
 
 def test_unknown_api_paths_are_json_404s(client) -> None:

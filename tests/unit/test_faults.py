@@ -15,8 +15,9 @@ import pytest
 
 from app import config
 from app.cli import main as cli
-from app.web import health, state
+from app.web import health, runs
 from tests.serving import fake_model_run, linked_run
+from tests.webapp import built_app
 
 MODEL, RUN = "fake-model", "served-run"
 
@@ -41,17 +42,15 @@ def site(pristine: Path, tmp_path: Path, monkeypatch) -> Path:
         monkeypatch.delenv(var, raising=False)
     health.forget()
     yield base
-    state.configure()
+    runs.configure()
     health.forget()
 
 
 @pytest.fixture()
 def client_for(site: Path, tmp_path: Path) -> Callable:
     def make(cache_config: dict | None = None):
-        from app.web.main import create_app
-
         health.forget()
-        app = create_app(cache_config=cache_config or {"CACHE_TYPE": "SimpleCache"})
+        app = built_app(cache_config=cache_config or {"CACHE_TYPE": "SimpleCache"})
         return app.server.test_client()
 
     return make
@@ -205,7 +204,7 @@ def test_reducer_that_cannot_be_loaded(site, client_for, capsys) -> None:
 
 
 def test_reducer_missing_from_the_manifest_is_reported_by_the_real_loader(site) -> None:
-    run = state.get_run(RUN) or pytest.fail("run should open")
+    run = runs.get_run(RUN) or pytest.fail("run should open")
     (site / "emb" / RUN / "reduced" / "reducers" / "pca.npz").unlink()
     assert "missing file" in health.reducer_problem(run, "pca", load=True)
     assert "missing file" in health.reducer_problem(run, "pca", load=False)
@@ -229,7 +228,7 @@ def test_unwritable_cache_dir_falls_back_to_a_temp_dir(site, client_for, tmp_pat
     monkeypatch.setattr(config, "CACHE_DIR", _file_in_the_way(tmp_path))
     from app.web.cache import cache, default_config
 
-    with caplog.at_level(logging.WARNING, logger="app.web.main"):
+    with caplog.at_level(logging.WARNING, logger="app.web.server"):
         client = client_for(default_config())
     assert any("cannot be written" in rec.getMessage() for rec in caplog.records)
     server = client.application
@@ -250,7 +249,7 @@ def test_no_writable_folder_at_all_means_no_cache(site, client_for, tmp_path, mo
 
     blocked = _file_in_the_way(tmp_path)
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(blocked.parent))
-    with caplog.at_level(logging.WARNING, logger="app.web.main"):
+    with caplog.at_level(logging.WARNING, logger="app.web.server"):
         client = client_for({"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(blocked)})
     info = client.application.config["UNET_LENS_CACHE"]
     assert info["type"] == "NullCache" and "without a cache" in info["warning"]
@@ -302,11 +301,11 @@ def test_unexpected_exception_is_a_plain_internal_error(site, client_for, monkey
         raise RuntimeError("secret-detail at /srv/private/path")
 
     monkeypatch.setattr(api, "points_payload", boom)
-    with caplog.at_level(logging.ERROR, logger="app.web.main"):
+    with caplog.at_level(logging.ERROR, logger="app.web.server"):
         r = client.get(f"/api/points?run={RUN}&method=pca&k=3")
     assert r.status_code == 500 and r.json == {"error": "internal error"}
     assert any(rec.exc_info for rec in caplog.records)  # logged with its traceback
-    monkeypatch.setattr(images.state, "get_run", boom)
+    monkeypatch.setattr(images.runs, "get_run", boom)
     page = client.get(f"/img/{RUN}/thumb/x", headers={"Accept": "text/html"})
     assert page.status_code == 500 and page.data == b"internal error\n"
     assert page.mimetype == "text/plain"

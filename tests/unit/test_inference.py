@@ -317,25 +317,25 @@ def test_start_warm_up_warms_the_served_model(monkeypatch: pytest.MonkeyPatch) -
     """The shipped demo: the thread loads the demo model, traces its passes and loads the
     run's reducers."""
     from app import config
-    from app.web import services, state
+    from app.web import runs
 
     if config.DEMO_MODEL_RUN not in artifacts.list_runs(config.MODEL_STORE):
         pytest.skip("the shipped demo model is not in model_store/")
     monkeypatch.setattr(config, "WARM_UP", True)
-    state.configure(embeddings_run=None, model_run=None, root=None)
+    runs.configure(embeddings_run=None, model_run=None, root=None)
     inference.forget_services()
-    thread = services.start_warm_up()
+    thread = runs.start_warm_up()
     assert thread is not None
     thread.join(timeout=300)
     assert not thread.is_alive()
     assert inference.get_service(config.DEMO_MODEL_RUN).warmed
-    assert state.get_run(state.default_run_id()).memoized("reducers")  # loaded, transforms run
+    assert runs.get_run(runs.default_run_id()).memoized("reducers")  # loaded, transforms run
     inference.forget_services()
 
 
 def test_start_warm_up_is_off_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     from app import config
-    from app.web import services
+    from app.web import runs
 
     monkeypatch.setattr(config, "WARM_UP", False)
-    assert services.start_warm_up() is None
+    assert runs.start_warm_up() is None

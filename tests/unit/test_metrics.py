@@ -220,3 +220,13 @@ def test_count_buildings_min_area_and_empty():
     n, labels = count_buildings(np.zeros((16, 16), np.float32))
     assert n == 0 and not labels.any()
     assert count_buildings(np.ones((16, 16), bool)).n == 1
+
+
+def test_mask_edges_is_the_outline_of_the_mask() -> None:
+    from app.ml.metrics import mask_edges
+
+    mask = np.zeros((5, 5), bool)
+    mask[1:4, 1:4] = True
+    edges = mask_edges(mask)
+    assert edges.sum() == 8 and not edges[2, 2] and edges[1, 1] and not edges[0, 0]
+    assert not mask_edges(np.zeros((3, 3), bool)).any()

@@ -21,6 +21,7 @@ from app import config
 from app.data.base import DatasetError
 from app.data.imageio import decode_image
 from tests.serving import REPO, fake_model_run, linked_run, opened_files, png_bytes, writes
+from tests.webapp import built_app
 
 MARKER = "TOP-SECRET-3f9c1b"
 RUN = "served-run"
@@ -43,12 +44,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def client(site):
-    from app.web.main import create_app
-
     base, _ = site
     mp = pytest.MonkeyPatch()
     mp.setattr(config, "MODEL_STORE", base / "models")
-    app = create_app(embeddings_run=RUN, embeddings_root=base / "emb",
+    app = built_app(embeddings_run=RUN, embeddings_root=base / "emb",
                      cache_config={"CACHE_TYPE": "SimpleCache"})
     yield app.server.test_client()
     mp.undo()
@@ -159,7 +158,7 @@ def test_segment_never_treats_the_upload_as_a_path(client) -> None:
 
 
 def test_body_limits(client) -> None:
-    from app.web.main import dash_callback_limit
+    from app.web.server import dash_callback_limit
 
     server = client.application
     assert server.config["MAX_CONTENT_LENGTH"] == config.MAX_UPLOAD_BYTES
@@ -179,7 +178,7 @@ def test_uploads_are_never_written_to_disk(client, tmp_path: Path, monkeypatch) 
     in memory: no file is opened for writing while it is handled."""
     import tempfile
 
-    from app.web.main import InMemoryUploadRequest
+    from app.web.server import InMemoryUploadRequest
 
     assert client.application.request_class is InMemoryUploadRequest
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -231,7 +231,7 @@ def test_tensorflow_start_up_lines_are_filtered_by_level() -> None:
     cuinit = (b"E0000 00:00:1795616457.448221    8797 cuda_platform.cc:52] failed call to cuInit: "
               b"INTERNAL: CUDA error\n")
     other_error = b"E0000 00:00:1795616457.448221    8797 x.cc:1] something else\n"
-    ours = b"[2026-11-25 14:24:00 +0000] [11255] [INFO] app.web.services: a request log line\n"
+    ours = b"[2026-11-25 14:24:00 +0000] [11255] [INFO] app.web.runs: a request log line\n"
     text = preamble + stub + ours + preamble + stub + cuinit + other_error
     assert filter_startup_lines(text, 3, no_gpu=True) == ours
     assert filter_startup_lines(text, 2, no_gpu=True) == ours + other_error

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.web import ids, state
+from app.web import ids, runs
 from tests.fixture_run import shared_fixture_run
+from tests.webapp import built_app
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,8 @@ def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def dash_app(fixture_root):
-    from app.web.main import create_app
-
     root, run_id = fixture_root
-    return create_app(embeddings_run=run_id, embeddings_root=root,
+    return built_app(embeddings_run=run_id, embeddings_root=root,
                       cache_config={"CACHE_TYPE": "SimpleCache"})
 
 
@@ -78,13 +77,11 @@ def test_no_external_resources_in_the_index(client) -> None:
     assert "/assets/style.css" in html
 
 
-def test_callbacks_are_registered_once_even_after_a_second_app(fixture_root) -> None:
-    from app.web.main import create_app
-
+def test_each_app_built_in_turn_has_every_callback_once(fixture_root) -> None:
     root, run_id = fixture_root
-    first = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
-    second = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
-    for app in (second, first):  # the first, never served before the second was built
+    first = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    second = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    for app in (second, first):  # built one after the other (see tests/webapp.py)
         client = app.server.test_client()
         outputs = [d["output"] for d in _dependencies(client)]
         assert len(outputs) == len(set(outputs))
@@ -97,7 +94,7 @@ def test_callbacks_are_registered_once_even_after_a_second_app(fixture_root) -> 
 def test_hover_over_http_returns_only_the_tooltip(client, fixture_root) -> None:
     root, run_id = fixture_root
     dep = next(d for d in _dependencies(client) if "explore-tooltip" in d["output"])
-    tid = state.get_run(run_id).tiles["tile_id"].iat[3]
+    tid = runs.get_run(run_id).tiles["tile_id"].iat[3]
     hover = {"points": [{"curveNumber": 0, "pointNumber": 3, "customdata": tid,
                          "bbox": {"x0": 10, "x1": 12, "y0": 20, "y1": 22}}]}
     body = _body(dep, {"_index": "large", "hoverData": hover, ids.RUN: run_id},
@@ -131,7 +128,7 @@ def test_large_json_responses_are_gzipped(client, fixture_root) -> None:
 
 def test_image_route_is_bound(client, fixture_root) -> None:
     root, run_id = fixture_root
-    tid = state.get_run(run_id).tiles["tile_id"].iat[0]
+    tid = runs.get_run(run_id).tiles["tile_id"].iat[0]
     assert client.get(f"/img/{run_id}/thumb/{tid}").status_code == 200
     assert client.get(f"/img/{run_id}/thumb/nope").status_code == 404
     assert client.get("/img/").status_code == 404
@@ -154,19 +151,19 @@ def test_server_is_created_lazily(monkeypatch, tmp_path: Path) -> None:
 
 def test_run_defaults(monkeypatch, fixture_root, tmp_path: Path) -> None:
     root, run_id = fixture_root
-    state.configure(root=root)
-    assert state.default_run_id() == run_id
-    state.configure(root=tmp_path)
-    assert state.default_run_id() is None and state.list_embeddings_runs() == []
+    runs.configure(root=root)
+    assert runs.default_run_id() == run_id
+    runs.configure(root=tmp_path)
+    assert runs.default_run_id() is None and runs.list_embeddings_runs() == []
     for bad in (None, "", "../x", "no-such", 5, ".hidden"):
-        assert state.get_run(bad) is None  # type: ignore[arg-type]
-    state.configure(root=root, embeddings_run="missing")
-    assert state.default_run_id() == run_id
-    run = state.get_run(run_id)
-    assert state.get_run(run_id) is run  # opened once
-    assert len(state.run_version(run)) == 10
-    vec = state.vectors(run)
-    assert vec.data.dtype.name == "float32" and state.vectors(run) is vec
+        assert runs.get_run(bad) is None  # type: ignore[arg-type]
+    runs.configure(root=root, embeddings_run="missing")
+    assert runs.default_run_id() == run_id
+    run = runs.get_run(run_id)
+    assert runs.get_run(run_id) is run  # opened once
+    assert len(runs.run_version(run)) == 10
+    vec = runs.vectors(run)
+    assert vec.data.dtype.name == "float32" and runs.vectors(run) is vec
 
 
 def test_run_picker_lists_runs_and_hides_for_one(fixture_root, tmp_path: Path) -> None:
@@ -175,15 +172,15 @@ def test_run_picker_lists_runs_and_hides_for_one(fixture_root, tmp_path: Path) -
     from app.web.main import navbar
 
     root, run_id = fixture_root
-    state.configure(root=root)
+    runs.configure(root=root)
     one = json.dumps(navbar().to_plotly_json(), default=lambda o: o.to_plotly_json())
     assert '"display": "none"' in one and run_id in one
     shutil.copytree(root / run_id, tmp_path / "other-run")
     shutil.copytree(root / run_id, tmp_path / run_id)
-    state.configure(root=tmp_path, embeddings_run=run_id)
+    runs.configure(root=tmp_path, embeddings_run=run_id)
     two = navbar()
     picker = two.children[2].children[1].children
     assert sorted(o["value"] for o in picker.options) == sorted([run_id, "other-run"])
     assert picker.value == run_id
-    assert state.get_run("other-run") is not None
-    state.configure(root=root)
+    assert runs.get_run("other-run") is not None
+    runs.configure(root=root)

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from app.web import analysis, state
+from app.web import runs
 from app.web.cache import cache, default_config
+from app.web.logic import clusters
 from tests.fixture_run import shared_fixture_run
 from tests.serving import redis_server
+from tests.webapp import built_app
 
 
 def test_default_is_a_file_system_cache(monkeypatch) -> None:
@@ -35,21 +37,19 @@ def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_file_system_cache_is_shared_between_apps(fixture_root, tmp_path: Path) -> None:
     """Two app instances (like two gunicorn workers) see each other's cached labels."""
-    from app.web.main import create_app
-
     root, run_id = fixture_root
     cfg = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(tmp_path / "cache")}
-    one = create_app(embeddings_root=root, cache_config=cfg)
-    run = state.get_run(run_id)
-    version = state.run_version(run)
+    one = built_app(embeddings_root=root, cache_config=cfg)
+    run = runs.get_run(run_id)
+    version = runs.run_version(run)
     with one.server.test_request_context():
-        labels, _ = analysis.cached_labels(run_id, version, 7)
+        labels, _ = clusters.cached_labels(run_id, version, 7)
     assert any((tmp_path / "cache").iterdir())
-    two = create_app(embeddings_root=root, cache_config=cfg)
+    two = built_app(embeddings_root=root, cache_config=cfg)
     with two.server.test_request_context():
-        assert cache.get(analysis.cached_labels.make_cache_key(
-            analysis.cached_labels.uncached, run_id, version, 7)) is not None
-        again, _ = analysis.cached_labels(run_id, version, 7)
+        assert cache.get(clusters.cached_labels.make_cache_key(
+            clusters.cached_labels.uncached, run_id, version, 7)) is not None
+        again, _ = clusters.cached_labels(run_id, version, 7)
     assert (again == labels).all()
 
 
@@ -62,14 +62,12 @@ def redis_url() -> Iterator[str]:
 def test_redis_cache_stores_cluster_labels(fixture_root, redis_url: str, monkeypatch) -> None:
     import redis
 
-    from app.web.main import create_app
-
     root, run_id = fixture_root
     monkeypatch.setenv("UNET_LENS_REDIS_URL", redis_url)
-    app = create_app(embeddings_root=root)  # cache config from the environment
-    run = state.get_run(run_id)
+    app = built_app(embeddings_root=root)  # cache config from the environment
+    run = runs.get_run(run_id)
     with app.server.test_request_context():
-        labels, source = analysis.cached_labels(run_id, state.run_version(run), 8)
+        labels, source = clusters.cached_labels(run_id, runs.run_version(run), 8)
     assert source == "re-clustered" and len(set(labels.tolist())) == 8
     keys = redis.Redis.from_url(redis_url).keys("unet-lens:*")
     assert keys, "nothing was written to Redis"

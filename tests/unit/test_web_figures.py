@@ -12,8 +12,9 @@ import pytest
 from dash import Patch
 from dash._utils import to_json
 
-from app.web import analysis, figures
-from app.web.analysis import ColourSpec
+from app.web import figures
+from app.web.logic import tiles as tile_logic
+from app.web.logic.tiles import ColourSpec
 
 
 def _tiles(n: int = 50, seed: int = 0) -> pd.DataFrame:
@@ -38,8 +39,8 @@ def _decode(obj: dict) -> np.ndarray:
 
 def test_map_is_one_webgl_trace_with_ids_as_customdata() -> None:
     tiles = _tiles()
-    x, y = analysis.map_coords(tiles, "umap")
-    fig = figures.map_figure(x, y, tiles["tile_id"].to_numpy(), analysis.colour_spec(tiles, "cluster"),
+    x, y = tile_logic.map_coords(tiles, "umap")
+    fig = figures.map_figure(x, y, tiles["tile_id"].to_numpy(), tile_logic.colour_spec(tiles, "cluster"),
                              axis_titles=("UMAP 1", "UMAP 2"))
     main = fig.data[figures.MAIN]
     assert isinstance(main, go.Scattergl)
@@ -54,8 +55,8 @@ def test_map_is_one_webgl_trace_with_ids_as_customdata() -> None:
 
 def test_categorical_colouring_has_a_self_explaining_legend() -> None:
     tiles = _tiles()
-    spec = analysis.colour_spec(tiles, "phase")
-    fig = figures.map_figure(*analysis.map_coords(tiles, "umap"), tiles["tile_id"], spec)
+    spec = tile_logic.colour_spec(tiles, "phase")
+    fig = figures.map_figure(*tile_logic.map_coords(tiles, "umap"), tiles["tile_id"], spec)
     legend = [t for t in fig.data[figures.LEGEND0:] if t.showlegend]
     counts = tiles["phase"].value_counts()
     assert [t.name for t in legend] == [f"pre  ({counts['pre']:,})", f"post  ({counts['post']:,})"]
@@ -71,8 +72,8 @@ def test_categorical_colouring_has_a_self_explaining_legend() -> None:
 
 def test_continuous_colouring_has_a_colorbar_with_na_for_missing_values() -> None:
     tiles = _tiles()
-    spec = analysis.colour_spec(tiles, "iou")
-    fig = figures.map_figure(*analysis.map_coords(tiles, "umap"), tiles["tile_id"], spec)
+    spec = tile_logic.colour_spec(tiles, "iou")
+    fig = figures.map_figure(*tile_logic.map_coords(tiles, "umap"), tiles["tile_id"], spec)
     marker = fig.data[0].marker
     assert marker.showscale and marker.colorbar.title.text == "IoU"
     assert marker.colorbar.ticktext[0] == "n/a" and "1.00" in marker.colorbar.ticktext
@@ -90,15 +91,15 @@ def test_colour_codes_quantise_to_the_colour_range() -> None:
 
 def test_small_overview_map_has_no_ids_no_legend_and_no_colorbar() -> None:
     tiles = _tiles()
-    fig = figures.map_figure(*analysis.map_coords(tiles, "umap"), None,
-                             analysis.colour_spec(tiles, "iou"), large=False)
+    fig = figures.map_figure(*tile_logic.map_coords(tiles, "umap"), None,
+                             tile_logic.colour_spec(tiles, "iou"), large=False)
     assert fig.data[0].customdata is None and fig.data[0].hoverinfo == "skip"
     assert not fig.data[0].marker.showscale and not fig.layout.showlegend
 
 
 def test_recolour_patch_sends_colours_but_never_coordinates_or_ids() -> None:
     tiles = _tiles()
-    patch = figures.recolour_patch(analysis.colour_spec(tiles, "iou"))
+    patch = figures.recolour_patch(tile_logic.colour_spec(tiles, "iou"))
     assert isinstance(patch, Patch)
     ops = json.loads(to_json(patch))["operations"]
     locations = [op["location"] for op in ops]
@@ -124,12 +125,12 @@ def test_coords_and_highlight_patches() -> None:
 def test_patches_line_up_with_the_figure_structure() -> None:
     """Applying a recolour patch by hand to a built figure gives the other colouring."""
     tiles = _tiles()
-    xy = analysis.map_coords(tiles, "umap")
+    xy = tile_logic.map_coords(tiles, "umap")
     built = json.loads(to_json(figures.map_figure(*xy, tiles["tile_id"],
-                                                  analysis.colour_spec(tiles, "cluster"))))
+                                                  tile_logic.colour_spec(tiles, "cluster"))))
     target = json.loads(to_json(figures.map_figure(*xy, tiles["tile_id"],
-                                                   analysis.colour_spec(tiles, "phase"))))
-    for op in json.loads(to_json(figures.recolour_patch(analysis.colour_spec(tiles, "phase"))))["operations"]:
+                                                   tile_logic.colour_spec(tiles, "phase"))))
+    for op in json.loads(to_json(figures.recolour_patch(tile_logic.colour_spec(tiles, "phase"))))["operations"]:
         node = built
         for key in op["location"][:-1]:
             node = node[key]
@@ -146,8 +147,8 @@ def test_payload_per_point_is_compact() -> None:
     def size(n: int) -> int:
         tiles = _tiles(n)
         tiles["tile_id"] = [f"fx_s{i:05d}_pre_t0" for i in range(n)]  # 16 characters
-        fig = figures.map_figure(*analysis.map_coords(tiles, "umap"), tiles["tile_id"],
-                                 analysis.colour_spec(tiles, "iou"))
+        fig = figures.map_figure(*tile_logic.map_coords(tiles, "umap"), tiles["tile_id"],
+                                 tile_logic.colour_spec(tiles, "iou"))
         return len(to_json(fig))
 
     per_point = (size(20_000) - size(10_000)) / 10_000

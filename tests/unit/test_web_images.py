@@ -1,15 +1,23 @@
-"""``GET /img/<run>/<kind>/<tile_id>``: files by id, cache headers, 404 for anything unknown."""
+"""How images reach the browser: ``GET /img/<run>/<kind>/<tile_id>`` (files by id, cache headers,
+404 for anything unknown) and computed images as data URIs."""
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from app.artifacts import THUMB_KINDS
+from app.web import components, images
 from app.web.images import CACHE_CONTROL, img_url
 from tests.fixture_run import shared_fixture_run
+from tests.unit.lens_helpers import rgb
+from tests.webapp import built_app
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +31,9 @@ def client_for(tmp_path: Path):
     """A test client of an app over its own copy of the fixture run (tests may damage it)."""
 
     def make(src_root: Path, run_id: str):
-        from app.web.main import create_app
-
         root = tmp_path / "emb"
         shutil.copytree(src_root / run_id, root / run_id)
-        app = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+        app = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
         return app.server.test_client(), root / run_id
 
     return make
@@ -35,10 +41,8 @@ def client_for(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def client(fixture_root: tuple[Path, str]):
-    from app.web.main import create_app
-
     root, _ = fixture_root
-    app = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    app = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
     return app.server.test_client()
 
 
@@ -109,3 +113,12 @@ def test_a_missing_file_is_404_not_500(client_for, fixture_root) -> None:
 def test_img_url_percent_encodes_every_part() -> None:
     assert img_url("r", "thumb", "a b/c", "v 1") == "/img/r/thumb/a%20b%2Fc?v=v%201"
     assert img_url("r", "overlay", "t1") == "/img/r/overlay/t1"
+
+
+def test_computed_images_are_data_uris() -> None:
+    uri = images.data_uri(images.heat_rgba(np.linspace(0, 1, 64 * 64).reshape(64, 64)))
+    assert uri.startswith("data:image/png;base64,")
+    big = images.data_uri(rgb(2000, 1000), "JPEG")
+    assert Image.open(io.BytesIO(base64.b64decode(big.split(",")[1]))).size == (384, 768)
+    assert components.timing_text(12.3, "CPU", False) == "computed in 12 ms (CPU)"
+    assert components.timing_text(0.42, "GPU", True, 80).startswith("from cache in 0.4 ms")

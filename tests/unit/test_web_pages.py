@@ -4,45 +4,27 @@ from __future__ import annotations
 
 import json
 import sys
-from contextvars import copy_context
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dash import Patch, no_update
-from dash._callback_context import context_value
-from dash._utils import AttributeDict
 
-from app.web import ids, state
+from app.web import ids, runs
 from tests.fixture_run import shared_fixture_run
+from tests.unit.lens_helpers import call
+from tests.webapp import built_app
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     """(explore module, clusters module, run id, app) for an app over the fixture run."""
-    from app.web.main import create_app
-
     root = tmp_path_factory.getbasetemp() / "web-fixture"
     run_id = shared_fixture_run(root)
-    app = create_app(embeddings_run=run_id, embeddings_root=root,
+    app = built_app(embeddings_run=run_id, embeddings_root=root,
                      cache_config={"CACHE_TYPE": "SimpleCache"})
     return (sys.modules["app.web.pages.explore"], sys.modules["app.web.pages.clusters"], run_id,
             app)
-
-
-def call(func, *args: Any, triggered: tuple = ()) -> Any:
-    """Run a callback function with ``dash.ctx.triggered`` set to ``(id, prop, value)`` items."""
-
-    def run():
-        items = []
-        for cid, prop, value in triggered:
-            key = json.dumps(cid, sort_keys=True, separators=(",", ":")) if isinstance(cid, dict) \
-                else cid
-            items.append({"prop_id": f"{key}.{prop}", "value": value})
-        context_value.set(AttributeDict(triggered_inputs=items))
-        return func(*args)
-
-    return copy_context().run(run)
 
 
 def _text(component: Any) -> str:
@@ -71,7 +53,7 @@ def test_run_controls(env) -> None:
 
 def test_maps_build_once_then_patch(env) -> None:
     explore, _, run_id, _ = env
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     *figs, title, built = explore.update_maps(run_id, "umap", "cluster", None, None)
     assert all(not isinstance(f, Patch) for f in figs)
     assert figs[0].data[0].type == "scattergl" and len(figs[0].data[0].customdata) == 300
@@ -99,7 +81,7 @@ def test_maps_build_once_then_patch(env) -> None:
 
 def test_hover_returns_tooltip_or_hides(env) -> None:
     explore, _, run_id, _ = env
-    tid = state.get_run(run_id).tiles["tile_id"].iat[0]
+    tid = runs.get_run(run_id).tiles["tile_id"].iat[0]
     bbox = {"x0": 1, "x1": 2, "y0": 3, "y1": 4}
     show, got_bbox, children = explore.hover({"points": [{"customdata": tid, "bbox": bbox}]}, run_id)
     assert show is True and got_bbox == bbox
@@ -113,7 +95,7 @@ def test_hover_returns_tooltip_or_hides(env) -> None:
 
 def test_selection_gallery_pages_and_csv(env) -> None:
     explore, _, run_id, _ = env
-    ids_ = state.get_run(run_id).tiles["tile_id"].tolist()[:30]
+    ids_ = runs.get_run(run_id).tiles["tile_id"].tolist()[:30]
     g = explore.G
     out = call(explore.selection_gallery, ids_ + ["evil"], 0, 0, 0, run_id,
                triggered=((ids.EX_SELECTED, "data", ids_),))
@@ -132,7 +114,7 @@ def test_selection_gallery_pages_and_csv(env) -> None:
 
 def test_pick_tile_from_points_and_cards(env) -> None:
     explore, _, run_id, _ = env
-    tid = state.get_run(run_id).tiles["tile_id"].iat[11]
+    tid = runs.get_run(run_id).tiles["tile_id"].iat[11]
     click = {"points": [{"customdata": tid}]}
     map_id = {"type": ids.EX_MAP, "index": "tsne"}
     assert call(explore.pick_tile, [click], [], run_id, triggered=((map_id, "clickData", click),)) == tid
@@ -146,7 +128,7 @@ def test_pick_tile_from_points_and_cards(env) -> None:
 
 def test_detail_panel_with_neighbours(env) -> None:
     explore, _, run_id, _ = env
-    tid = state.get_run(run_id).tiles["tile_id"].iat[5]
+    tid = runs.get_run(run_id).tiles["tile_id"].iat[5]
     panel = explore.tile_detail(tid, "cosine", run_id)
     text = _text(panel)
     assert text.count('"type": "tile-card"') == explore.N_NEIGHBOURS
@@ -172,7 +154,7 @@ def test_enlarge_and_small_titles(env) -> None:
 
 def test_cluster_page_views(env) -> None:
     _, clusters, run_id, app = env
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     k = run.sweep["chosen_k"]
     out = clusters.run_controls(run_id, None, None)
     assert out[4] == k and out[1] == 2 and out[2] == 10 and out[6] == "umap"
@@ -202,7 +184,7 @@ def test_cluster_page_views(env) -> None:
 
 def test_pick_cluster_and_member_gallery(env) -> None:
     _, clusters, run_id, app = env
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     k = run.sweep["chosen_k"]
     card = {"type": ids.CLUSTER_CARD, "index": 1}
     with app.server.test_request_context():
@@ -229,34 +211,32 @@ def test_pick_cluster_and_member_gallery(env) -> None:
 
 
 def test_cached_helpers_use_the_flask_cache(env, monkeypatch) -> None:
-    from app.web import analysis
+    from app.web.logic import clusters
 
     _, _, run_id, app = env
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     calls = []
-    real = analysis.labels_for_k
+    real = clusters.labels_for_k
 
     def counting(r, k):
         calls.append(k)
         return real(r, k)
 
-    monkeypatch.setattr(analysis, "labels_for_k", counting)
+    monkeypatch.setattr(clusters, "labels_for_k", counting)
     with app.server.test_request_context():
-        version = state.run_version(run)
-        first = analysis.cached_labels(run_id, version, 6)
-        second = analysis.cached_labels(run_id, version, 6)
+        version = runs.run_version(run)
+        first = clusters.cached_labels(run_id, version, 6)
+        second = clusters.cached_labels(run_id, version, 6)
         assert calls == [6]
         assert (first[0] == second[0]).all()
-        analysis.cached_labels(run_id, "other-version", 6)
+        clusters.cached_labels(run_id, "other-version", 6)
         assert calls == [6, 6]
 
 
 def test_empty_embeddings_folder_gives_empty_states(tmp_path: Path) -> None:
-    from app.web.main import create_app
-
-    create_app(embeddings_root=tmp_path, cache_config={"CACHE_TYPE": "SimpleCache"})
+    built_app(embeddings_root=tmp_path, cache_config={"CACHE_TYPE": "SimpleCache"})
     explore = sys.modules["app.web.pages.explore"]
     clusters = sys.modules["app.web.pages.clusters"]
-    assert state.default_run_id() is None
+    assert runs.default_run_id() is None
     assert explore.run_controls(None, None, None)[-1] == {"display": "none"}
     assert clusters.run_controls(None, None, None)[-3] == {"display": "none"}

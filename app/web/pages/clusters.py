@@ -13,8 +13,10 @@ from typing import Any
 import dash
 from dash import ALL, Input, Output, Patch, State, callback, ctx, dcc, html, no_update
 
-from app.web import analysis, components, figures, ids, state
-from app.web.analysis import METHOD_LABELS, METHODS
+from app.ml import registry
+from app.web import components, figures, ids, runs, theme
+from app.web.logic import clusters
+from app.web.logic import tiles as tile_logic
 
 dash.register_page(__name__, path="/clusters", name="Clusters", title="Clusters · U-Net Lens",
                    order=1)
@@ -47,7 +49,7 @@ def layout(**_: Any) -> html.Div:
                 html.Div([
                     html.Label("Map", className="control-label"),
                     dcc.RadioItems(id=ids.CL_METHOD, inline=True, className="segmented",
-                                   options=[{"label": METHOD_LABELS[m], "value": m} for m in METHODS],
+                                   options=theme.method_options(registry.reducer_names()),
                                    value="umap"),
                 ], className="control"),
             ], className="controls"),
@@ -120,14 +122,12 @@ def layout(**_: Any) -> html.Div:
 def run_controls(run_id: str | None, method: str | None, label: str | None) -> tuple:
     """k range (stored sweep k in bold), default k, map methods, truth labels to compare
     clusters with, or an empty state."""
-    run = state.get_run(run_id)
-    methods = analysis.available_methods(run.tiles) if run is not None else []
-    if run is None or not methods:
-        empty = components.empty_state(
-            "No clustered embeddings run to show",
-            ["Compute maps and a K-means sweep with ", html.Code("python -m app reduce <run>"), "."])
-        return "", 2, 10, {}, 2, [], None, empty, {"display": "none"}, [], None
-    ks = analysis.k_choices(run)
+    run = runs.get_run(run_id)
+    empty = components.run_gate(run, "cluster", maps=True)
+    if empty is not None:
+        return "", 2, 10, {}, 2, [], None, empty, components.HIDDEN, [], None
+    methods = tile_logic.available_methods(run.tiles)
+    ks = clusters.k_choices(run)
     stored = {int(k) for k in (run.sweep or {}).get("k", [])}
     marks = {k: {"label": str(k), "style": {"fontWeight": 700 if k in stored else 400}} for k in ks}
     sweep = run.sweep or {}
@@ -137,15 +137,15 @@ def run_controls(run_id: str | None, method: str | None, label: str | None) -> t
     if sweep.get("chosen_k") is not None:
         parts.append(f"chosen k = {sweep['chosen_k']}")
     parts.append("bold k: stored labels, others re-clustered on request")
-    method = method if method in methods else next(m for m in ("umap", "tsne", "pca") if m in methods)
-    tables = analysis.agreement_tables(run)
-    labels = [{"label": analysis.LABEL_NAMES.get(name, name.replace("_", " ")), "value": name}
+    method = method if method in methods else tile_logic.default_method(methods)
+    tables = clusters.agreement_tables(run)
+    labels = [{"label": clusters.LABEL_NAMES.get(name, name.replace("_", " ")), "value": name}
               for name in tables]
     names = list(tables)
     label = label if label in names else ("has_building" if "has_building" in names
                                           else names[0] if names else None)
-    return (" · ".join(parts), min(ks), max(ks), marks, analysis.default_k(run),
-            [{"label": METHOD_LABELS[m], "value": m} for m in methods], method, None, {},
+    return (" · ".join(parts), min(ks), max(ks), marks, clusters.default_k(run),
+            theme.method_options(methods), method, None, {},
             labels, label)
 
 
@@ -159,11 +159,11 @@ def run_controls(run_id: str | None, method: str | None, label: str | None) -> t
 )
 def sweep_views(run_id: str | None, k: int | None, label: str | None) -> tuple:
     """Elbow and silhouette-vs-k curves and the cluster-vs-label table, k marked."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if run is None:
         return (no_update,) * 3
     sweep = run.sweep or {}
-    rows = analysis.agreement_tables(run).get(label or "", [])
+    rows = clusters.agreement_tables(run).get(label or "", [])
     return (figures.elbow_figure(sweep, k, SWEEP_HEIGHT),
             figures.silhouette_k_figure(sweep, k, SWEEP_HEIGHT),
             components.agreement_table(rows, k))
@@ -174,11 +174,11 @@ def sweep_views(run_id: str | None, k: int | None, label: str | None) -> tuple:
 
 def _labels(run_id: str | None, k: int | None) -> tuple[Any, str, Any] | None:
     """(run, version, (labels, source)) for a run and k, from the cache; None when unknown."""
-    run = state.get_run(run_id)
-    if run is None or not isinstance(k, int) or not 2 <= k <= max(analysis.k_choices(run)):
+    run = runs.get_run(run_id)
+    if run is None or not isinstance(k, int) or not 2 <= k <= max(clusters.k_choices(run)):
         return None
-    version = state.run_version(run)
-    labelled = analysis.cached_labels(run.run_id, version, k)
+    version = runs.run_version(run)
+    labelled = clusters.cached_labels(run.run_id, version, k)
     return None if labelled is None else (run, version, labelled)
 
 
@@ -196,12 +196,12 @@ def cluster_map(run_id: str | None, k: int | None, method: str | None, picked: d
     """The map coloured by the clusters of k; a picked cluster stays bright, the rest dim.
     A new k or a picked cluster is a ``Patch``; coordinates only travel for a new map."""
     got = _labels(run_id, k)
-    if got is None or method not in METHODS:
+    if got is None or method not in registry.reducer_names():
         return no_update, no_update
     run, version, (labels, _) = got
-    if method not in analysis.available_methods(run.tiles):
+    if method not in tile_logic.available_methods(run.tiles):
         return no_update, no_update
-    spec = analysis.colour_spec(run.tiles, "cluster", labels)
+    spec = tile_logic.colour_spec(run.tiles, "cluster", labels)
     rows = None
     if isinstance(picked, dict) and picked.get("k") == k:
         rows = [int(r) for r in (labels == picked.get("cluster")).nonzero()[0]]
@@ -211,10 +211,10 @@ def cluster_map(run_id: str | None, k: int | None, method: str | None, picked: d
     if same_map:
         patch = figures.recolour_patch(spec) if built.get("k") != k else Patch()
         return figures.selection_patch(rows, patch), new_built
-    x, y = analysis.map_coords(run.tiles, method)
+    x, y = tile_logic.map_coords(run.tiles, method)
     fig = figures.map_figure(
         x, y, run.tiles["tile_id"].to_numpy(dtype=object), spec,
-        axis_titles=analysis.axis_titles(method, analysis.explained_variance(run)),
+        axis_titles=tile_logic.axis_titles(method, tile_logic.explained_variance(run)),
         uirevision=f"{run.run_id}:{version}:{method}", height=MAP_HEIGHT,
     )
     if rows is not None:
@@ -245,7 +245,7 @@ def silhouette_plot(run_id: str | None, k: int | None) -> Any:
     if got is None:
         return no_update
     run, version, (labels, _) = got
-    sil = analysis.cached_silhouette(run.run_id, version, k)
+    sil = clusters.cached_silhouette(run.run_id, version, k)
     if sil is None:
         return figures.empty_figure("No silhouette for this k.", MAP_HEIGHT)
     rows, values, exact = sil
@@ -266,7 +266,7 @@ def cluster_cards(run_id: str | None, k: int | None, picked: dict | None) -> tup
     if got is None:
         return no_update, no_update
     run, version, (_, source) = got
-    summaries = analysis.cached_summaries(run.run_id, version, k) or []
+    summaries = clusters.cached_summaries(run.run_id, version, k) or []
     chosen = picked.get("cluster") if isinstance(picked, dict) and picked.get("k") == k else None
     cards = [components.cluster_card(s, run.run_id, version, selected=s["cluster"] == chosen)
              for s in summaries]
@@ -325,20 +325,20 @@ def member_gallery(picked: dict | None, _prev: int, _next: int, page: int | None
                                       "Click a cluster card or a point on the map to list its tiles.")
         return hint, "Cluster members", "", True, True, 0
     run, version, _ = got
-    summaries = analysis.cached_summaries(run.run_id, version, k) or []
+    summaries = clusters.cached_summaries(run.run_id, version, k) or []
     summary = next((s for s in summaries if s["cluster"] == picked.get("cluster")), None)
     if summary is None:
         return [], "Cluster members", "", True, True, 0
     trig = ctx.triggered_id
     page = int(page or 0)
     page = page - 1 if trig == G["prev"] else page + 1 if trig == G["next"] else 0
-    items, page, n_pages = analysis.page_of(summary["order"], page)
-    cards = [components.tile_link_card(run.run_id, version, analysis.tile_record(run.tiles, r))
+    items, page, n_pages = tile_logic.page_of(summary["order"], page)
+    cards = [components.record_link_card(run.run_id, version, tile_logic.tile_record(run.tiles, r))
              for r in items]
     label, prev_off, next_off = components.pager_state(page, n_pages, summary["size"],
-                                                       analysis.PER_PAGE)
+                                                       tile_logic.PER_PAGE)
     title = html.Span([
-        html.Span(className="swatch", style={"background": analysis.cluster_colour(summary["cluster"])}),
+        html.Span(className="swatch", style={"background": theme.cluster_colour(summary["cluster"])}),
         f"Cluster {summary['cluster']} · {summary['size']:,} tiles, nearest the centroid first",
     ])
     return cards, title, label, prev_off, next_off, page

@@ -1,12 +1,12 @@
 """Evaluate (``/evaluate``): how good is the model on the run's evaluation tiles?
 
 On the first visit for a (run, model) the model runs once over the evaluation tiles in a
-background callback with a progress bar (:func:`app.web.evaluation.run_evaluation`); the
+background callback with a progress bar (:func:`app.web.logic.evaluate.run_evaluation`); the
 counts it keeps are cached, so every later visit and every threshold is instant. Shown at the
 threshold slider's value: pixel precision, recall, F1 and IoU, building-level precision /
 recall / F1 at IoU ≥ 0.5 (summed over tiles), the PR curve, IoU and F1 vs threshold, the pixel
 confusion matrix, scores per disaster, approximate building recall per damage class, and a
-sortable, filterable per-tile table; clicking a row shows the tile with its TP / FP / FN
+sortable, filterable per-tile table (dash-ag-grid); clicking a row shows the tile with its TP / FP / FN
 overlay (``metrics.error_overlay`` colours).
 """
 
@@ -15,14 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
-from dash.dash_table.Format import Format, Scheme
+import dash_ag_grid as dag
+from dash import Input, Output, State, callback, dcc, html, no_update
 
-from app.web import components, ids, services, state, widgets
-from app.web import evaluation as ev
+from app.ml import evaluate as scoring
+from app.ml.metrics import error_overlay
+from app.web import components, figures, ids, images, runs
 from app.web.background import MANAGER
 from app.web.cache import cache
 from app.web.images import img_url
+from app.web.logic import evaluate as ev
 
 dash.register_page(__name__, path="/evaluate", name="Evaluate", title="Evaluate · U-Net Lens",
                    order=3)
@@ -36,21 +38,21 @@ GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": False}
 # --------------------------------------------------------------------------- plain helpers
 
 
-def load(ready: dict | None) -> ev.Evaluation | None:
+def load(ready: dict | None) -> scoring.Evaluation | None:
     """The cached evaluation named by the ready-store, or None."""
     if not isinstance(ready, dict) or not ready.get("key"):
         return None
     value = cache.get(ready["key"])
-    return value if isinstance(value, ev.Evaluation) else None
+    return value if isinstance(value, scoring.Evaluation) else None
 
 
-def ensure_evaluation(run: Any, info: services.ModelInfo, progress: Any = None
-                      ) -> ev.Evaluation:
+def ensure_evaluation(run: Any, info: runs.ModelInfo, progress: Any = None
+                      ) -> scoring.Evaluation:
     """The evaluation of ``run`` by the model: from the cache, else computed and cached."""
-    version = state.run_version(run)
+    version = runs.run_version(run)
     key = ev.cache_key(run.run_id, version, info.service.sha256)
     found = cache.get(key)
-    if isinstance(found, ev.Evaluation):
+    if isinstance(found, scoring.Evaluation):
         return found
     result = ev.run_evaluation(run, info.service, version=version, model_run=info.run_id or "",
                                progress=progress)
@@ -58,9 +60,9 @@ def ensure_evaluation(run: Any, info: services.ModelInfo, progress: Any = None
     return result
 
 
-def metric_cards(ev_: ev.Evaluation, threshold: float) -> list[Any]:
+def metric_cards(ev_: scoring.Evaluation, threshold: float) -> list[Any]:
     """Pixel scores and counts at the threshold."""
-    s = ev.pixel_summary(ev_, threshold)
+    s = scoring.pixel_summary(ev_, threshold)
     total = max(1, s["tp"] + s["fp"] + s["fn"] + s["tn"])
     return [
         _card("Precision", s["precision"], "of pixels predicted building, truly building"),
@@ -85,21 +87,21 @@ def _card(label: str, value: float, note: str) -> html.Div:
     ], className="metric-card")
 
 
-def building_cards(ev_: ev.Evaluation, threshold: float) -> html.Div:
+def building_cards(ev_: scoring.Evaluation, threshold: float) -> html.Div:
     """Building-level scores (IoU ≥ 0.5 matching) at the nearest stored threshold."""
-    b = ev.building_summary(ev_, threshold)
-    note = (f"instances matched one-to-one at IoU ≥ {ev.BUILDING_IOU}, summed over tiles; "
+    b = scoring.building_summary(ev_, threshold)
+    note = (f"instances matched one-to-one at IoU ≥ {scoring.BUILDING_IOU}, summed over tiles; "
             f"at threshold {b['threshold']:.1f}")
     if abs(b["threshold"] - threshold) > 0.005:
-        note += f" (nearest of {', '.join(f'{t:.1f}' for t in ev.BUILDING_THRESHOLDS)})"
+        note += f" (nearest of {', '.join(f'{t:.1f}' for t in scoring.BUILDING_THRESHOLDS)})"
     return html.Div([
         html.Div([
-            widgets.stat("Bldg precision", f"{b['precision']:.3f}"),
-            widgets.stat("Bldg recall", f"{b['recall']:.3f}"),
-            widgets.stat("Bldg F1", f"{b['f1']:.3f}"),
-            widgets.stat("Matched (TP)", f"{b['tp']:,}"),
-            widgets.stat("False (FP)", f"{b['fp']:,}"),
-            widgets.stat("Missed (FN)", f"{b['fn']:,}"),
+            components.stat("Bldg precision", f"{b['precision']:.3f}"),
+            components.stat("Bldg recall", f"{b['recall']:.3f}"),
+            components.stat("Bldg F1", f"{b['f1']:.3f}"),
+            components.stat("Matched (TP)", f"{b['tp']:,}"),
+            components.stat("False (FP)", f"{b['fp']:,}"),
+            components.stat("Missed (FN)", f"{b['fn']:,}"),
         ], className="stats stats-6"),
         html.Div(note, className="panel-foot"),
     ])
@@ -122,61 +124,70 @@ def group_table(rows: list[dict[str, Any]], column: str = "disaster") -> Any:
                     className="table-wrap table-wrap-tall")
 
 
+#: d3-format specifiers of the table's number kinds (dash-ag-grid evaluates ``d3.format``).
+_FORMATS = {"score": ".3f", "pct": ".1f"}
+#: The per-tile table's IoU cell colours (CSS classes in assets/lens_pages.css).
+IOU_CLASSES = {
+    "iou-low": "params.value < 0.3",
+    "iou-mid": "params.value >= 0.3 && params.value < 0.6",
+    "iou-high": "params.value >= 0.6",
+}
+HEADER_TOOLTIPS = {"true_pct": "building pixels in the truth",
+                   "pred_pct": "pixels predicted building at the threshold",
+                   "b_tp": "buildings matched at IoU ≥ 0.5"}
+
+
 def table_columns() -> list[dict[str, Any]]:
+    """AG Grid column definitions of the per-tile table (worst IoU first)."""
     cols = []
     for cid, name, kind in ev.TABLE_COLUMNS:
-        col: dict[str, Any] = {"id": cid, "name": name}
-        if kind in ("score", "pct"):
-            col["type"] = "numeric"
-            col["format"] = Format(precision=3 if kind == "score" else 1, scheme=Scheme.fixed)
-        elif kind == "int":
-            col["type"] = "numeric"
+        col: dict[str, Any] = {"field": cid, "headerName": name}
+        if kind == "text":
+            col["filter"] = "agTextColumnFilter"
+            col["cellClass"] = "cell-id" if cid == "tile_id" else "cell-text"
         else:
-            col["type"] = "text"
+            col["filter"] = "agNumberColumnFilter"
+            col["type"] = "rightAligned"
+            if kind in _FORMATS:
+                col["valueFormatter"] = {
+                    "function": f"params.value == null ? '' : d3.format('{_FORMATS[kind]}')"
+                                "(params.value)"}
+        if cid == "iou":
+            col["sort"] = "asc"
+            col["cellClassRules"] = IOU_CLASSES
+        if cid in HEADER_TOOLTIPS:
+            col["headerTooltip"] = HEADER_TOOLTIPS[cid]
         cols.append(col)
     return cols
 
 
-IOU_STYLES = [
-    {"if": {"filter_query": "{iou} < 0.3", "column_id": "iou"},
-     "backgroundColor": "#fde8e4", "color": "#9b2c1a"},
-    {"if": {"filter_query": "{iou} >= 0.3 && {iou} < 0.6", "column_id": "iou"},
-     "backgroundColor": "#fdf3dc", "color": "#7a5600"},
-    {"if": {"filter_query": "{iou} >= 0.6", "column_id": "iou"},
-     "backgroundColor": "#e4f3e6", "color": "#1f6b2c"},
-    {"if": {"state": "active"}, "backgroundColor": "#e8f0fd", "border": "1px solid #2f6fde"},
-]
-
-
-def tile_detail(run: Any, info: services.ModelInfo, tile_id: str, threshold: float) -> Any:
+def tile_detail(run: Any, info: runs.ModelInfo, tile_id: str, threshold: float) -> Any:
     """The clicked tile with its TP / FP / FN overlay at the threshold and its scores."""
-    from app.ml.metrics import error_overlay
-
-    image = services.tile_image(run, tile_id)
-    truth = services.tile_truth(run, tile_id)
+    image = runs.tile_image(run, tile_id)
+    truth = runs.tile_truth(run, tile_id)
     if image is None or truth is None:
         return components.empty_state("No image or truth", f"Tile {tile_id} has none stored.")
     prob = info.service.predict_tile(image)
-    truth_full = services.resize_mask(truth, prob.shape)
+    truth_full = images.resize_mask(truth, prob.shape)
     overlay = error_overlay(image, truth_full, prob >= threshold, alpha=0.6)
-    s = ev.tile_scores(prob, truth, threshold)
-    version = state.run_version(run)
+    s = scoring.tile_scores(prob, truth, threshold)
+    version = runs.run_version(run)
     return html.Div([
         html.Div([html.Span(tile_id, className="detail-id"),
-                  dcc.Link("Explain this tile →", href=widgets.explain_href(run.run_id, tile_id),
+                  dcc.Link("Explain this tile →", href=components.explain_href(run.run_id, tile_id),
                            className="btn btn-secondary btn-xs")], className="detail-head"),
         html.Div([
-            widgets.figure(img_url(run.run_id, "image", tile_id, version), "tile"),
-            widgets.figure(services.data_uri(overlay), f"errors at t = {threshold:.2f}",
+            components.figure(img_url(run.run_id, "image", tile_id, version), "tile"),
+            components.figure(images.data_uri(overlay), f"errors at t = {threshold:.2f}",
                            cid=ids.EV_DETAIL + "-overlay"),
         ], className="lens-grid lens-grid-2"),
         components.overlay_legend(),
-        html.Div([widgets.stat("Precision", f"{s['precision']:.3f}"),
-                  widgets.stat("Recall", f"{s['recall']:.3f}"),
-                  widgets.stat("IoU", f"{s['iou']:.3f}"),
-                  widgets.stat("TP px", f"{s['tp']:,}"),
-                  widgets.stat("FP px", f"{s['fp']:,}"),
-                  widgets.stat("FN px", f"{s['fn']:,}")], className="stats"),
+        html.Div([components.stat("Precision", f"{s['precision']:.3f}"),
+                  components.stat("Recall", f"{s['recall']:.3f}"),
+                  components.stat("IoU", f"{s['iou']:.3f}"),
+                  components.stat("TP px", f"{s['tp']:,}"),
+                  components.stat("FP px", f"{s['fp']:,}"),
+                  components.stat("FN px", f"{s['fn']:,}")], className="stats"),
     ], className="ev-detail")
 
 
@@ -186,32 +197,22 @@ def tile_detail(run: Any, info: services.ModelInfo, tile_id: str, threshold: flo
 def layout(**_: Any) -> html.Div:
     """Threshold slider, metric cards, curves, group scores and the per-tile table."""
     graph = {"config": GRAPH_CONFIG, "style": {"height": f"{GRAPH_HEIGHT}px"}}
-    table = dash_table.DataTable(
-        id=ids.EV_TABLE, columns=table_columns(), data=[], page_size=PAGE_SIZE,
-        sort_action="native", filter_action="native", sort_by=[{"column_id": "iou",
-                                                                "direction": "asc"}],
-        style_table={"overflowX": "auto"},
-        style_header={"backgroundColor": "#f7f9fb", "fontWeight": 600, "color": "#66727f",
-                      "border": "none", "borderBottom": "1px solid #e2e7ed", "fontSize": 12},
-        style_filter={"backgroundColor": "#fbfcfd", "fontSize": 12},
-        style_cell={"fontFamily": "Inter, system-ui, sans-serif", "fontSize": 12.5,
-                    "padding": "5px 6px", "border": "none", "borderBottom": "1px solid #f0f2f5",
-                    "textAlign": "right", "minWidth": 48, "cursor": "pointer"},
-        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
-                                for c in ("tile_id", "disaster")] + [
-            {"if": {"column_id": "tile_id"}, "fontFamily": "ui-monospace, Menlo, monospace",
-             "fontSize": 11.5}],
-        style_data_conditional=IOU_STYLES,
-        tooltip_header={"true_pct": "building pixels in the truth",
-                        "pred_pct": "pixels predicted building at the threshold",
-                        "b_tp": "buildings matched at IoU ≥ 0.5"},
+    table = dag.AgGrid(
+        id=ids.EV_TABLE, columnDefs=table_columns(), rowData=[],
+        getRowId="params.data.id", columnSize="responsiveSizeToFit",
+        defaultColDef={"sortable": True, "filter": True, "floatingFilter": True,
+                       "resizable": True, "minWidth": 64},
+        dashGridOptions={"pagination": True, "paginationPageSize": PAGE_SIZE,
+                         "paginationPageSizeSelector": False, "domLayout": "autoHeight",
+                         "tooltipShowDelay": 300, "animateRows": False},
+        className="ev-grid", style={"height": None},
     )
     return html.Div([
         html.Div([
             html.Div([html.H1("Evaluate the model"),
                       html.P(id=ids.EV_SUBTITLE, className="subtitle")], className="page-title"),
             html.Div([
-                widgets.control("Threshold", dcc.Slider(
+                components.control("Threshold", dcc.Slider(
                     id=ids.EV_THRESHOLD, min=0.05, max=0.95, step=0.01, value=DEFAULT_THRESHOLD,
                     marks={v / 10: f"{v / 10:.1f}" for v in range(1, 10, 2)},
                     tooltip={"placement": "bottom", "always_visible": False}),
@@ -220,25 +221,25 @@ def layout(**_: Any) -> html.Div:
         ], className="page-head"),
         html.Div(id=ids.EV_WARNING),
         html.Div(id=ids.EV_EMPTY),
-        widgets.progress_box(ids.EV_PROGRESS, ids.EV_PROGRESS_LABEL, ids.EV_PROGRESS_BOX),
+        components.progress_box(ids.EV_PROGRESS, ids.EV_PROGRESS_LABEL, ids.EV_PROGRESS_BOX),
         html.Div([
             html.Div(id=ids.EV_METRICS, className="metric-row"),
-            widgets.panel("Buildings", html.Div(id=ids.EV_BUILDINGS), cls="buildings-panel"),
+            components.panel("Buildings", html.Div(id=ids.EV_BUILDINGS), cls="buildings-panel"),
             html.Div([
                 html.Div(dcc.Graph(id=ids.EV_PR, **graph), className="panel"),
                 html.Div(dcc.Graph(id=ids.EV_CURVE, **graph), className="panel"),
                 html.Div(dcc.Graph(id=ids.EV_CONFUSION, **graph), className="panel"),
             ], className="lens-row-3"),
             html.Div([
-                widgets.panel("By disaster", html.Div(id=ids.EV_GROUPS),
+                components.panel("By disaster", html.Div(id=ids.EV_GROUPS),
                               hint="pixel (Px) and building (Bldg) scores"),
-                widgets.panel("By damage class", html.Div(id=ids.EV_DAMAGE),
+                components.panel("By damage class", html.Div(id=ids.EV_DAMAGE),
                               hint="recall of ground-truth buildings"),
             ], className="lens-row-2 lens-row-even"),
             html.Div([
-                widgets.panel("Per tile", table, hint="click a row · sort by a header · "
+                components.panel("Per tile", table, hint="click a row · sort by a header · "
                               "filter with e.g. < 0.5 or santa", cls="table-panel"),
-                widgets.panel("Tile", dcc.Loading(html.Div(
+                components.panel("Tile", dcc.Loading(html.Div(
                     components.empty_state("Click a row", "The tile and its TP / FP / FN "
                                            "overlay appear here."), id=ids.EV_DETAIL),
                     type="dot", delay_show=200), cls="ev-detail-panel"),
@@ -268,15 +269,12 @@ def layout(**_: Any) -> html.Div:
 )
 def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
     """Run (or fetch) the evaluation pass of the picked run; a progress bar meanwhile."""
-    hidden = {"display": "none"}
-    run = state.get_run(run_id)
-    if run is None:
-        return (None, "", components.empty_state("No embeddings run", "Build one first."), None,
-                hidden)
-    info = services.model_for(run)
-    if not info.ok:
-        return (None, "", components.empty_state("No model to evaluate", info.message), None,
-                hidden)
+    hidden = components.HIDDEN
+    run = runs.get_run(run_id)
+    info = runs.model_for(run)
+    empty = components.run_gate(run, "evaluate", info=info)
+    if empty is not None:
+        return None, "", empty, None, hidden
     ids_, _, _ = ev.evaluation_tiles(run)
     if not ids_:
         return (None, "", components.empty_state(
@@ -291,7 +289,7 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
     subtitle = (f"{len(result.tile_ids):,} tiles ({result.source}) of {run.run_id} · model "
                 f"{result.model_run} · scored at {result.resolution} · one pass in "
                 f"{result.seconds:,.1f} s ({result.device}), cached")
-    warning = widgets.message(info.warning, "warn") if info.warning else None
+    warning = components.message(info.warning, "warn") if info.warning else None
     ready = {"key": ev.cache_key(run.run_id, result.version, result.model_sha),
              "run": run.run_id}
     return ready, subtitle, None, warning, {}
@@ -305,19 +303,19 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
     Output(ids.EV_CONFUSION, "figure"),
     Output(ids.EV_GROUPS, "children"),
     Output(ids.EV_DAMAGE, "children"),
-    Output(ids.EV_TABLE, "data"),
+    Output(ids.EV_TABLE, "rowData"),
     Input(ids.EV_READY, "data"),
     Input(ids.EV_THRESHOLD, "value"),
 )
 def update_metrics(ready: dict | None, threshold: float | None) -> tuple:
     """Everything at the threshold, from the cached counts (no model call)."""
     result = load(ready)
-    run = state.get_run((ready or {}).get("run"))
+    run = runs.get_run((ready or {}).get("run"))
     if result is None or run is None:
         return (no_update,) * 8
     t = float(threshold if threshold is not None else DEFAULT_THRESHOLD)
     damage = ev.damage_rows(result, run, t)
-    damage_view: Any = (dcc.Graph(figure=ev.damage_figure(damage), config=GRAPH_CONFIG,
+    damage_view: Any = (dcc.Graph(figure=figures.damage_figure(damage), config=GRAPH_CONFIG,
                                   style={"height": "260px"}) if damage else
                         components.empty_state("No damage labels",
                                                "The tiles carry no dmg_* counts."))
@@ -326,28 +324,28 @@ def update_metrics(ready: dict | None, threshold: float | None) -> tuple:
             "count-weighted mean of its tiles' building recall.")
     if result.skipped:
         note += f" {len(result.skipped):,} tiles without a stored image were skipped."
-    pixel = ev.pixel_summary(result, t)
+    pixel = scoring.pixel_summary(result, t)
     return (metric_cards(result, t), building_cards(result, t),
-            ev.pr_figure(result, t, GRAPH_HEIGHT), ev.threshold_figure(result, t, GRAPH_HEIGHT),
-            ev.confusion_figure(pixel, GRAPH_HEIGHT), group_table(ev.group_rows(result, run, t)),
+            figures.pr_figure(result, t, GRAPH_HEIGHT), figures.threshold_figure(result, t, GRAPH_HEIGHT),
+            figures.confusion_figure(pixel, GRAPH_HEIGHT), group_table(ev.group_rows(result, run, t)),
             [damage_view, html.Div(note, className="panel-foot")] if damage else damage_view,
             ev.tile_rows(result, run, t))
 
 
 @callback(
     Output(ids.EV_DETAIL, "children"),
-    Input(ids.EV_TABLE, "active_cell"),
+    Input(ids.EV_TABLE, "cellClicked"),
     Input(ids.EV_THRESHOLD, "value"),
     State(ids.EV_READY, "data"),
     prevent_initial_call=True,
 )
-def row_detail(active: dict | None, threshold: float | None, ready: dict | None) -> Any:
+def row_detail(clicked: dict | None, threshold: float | None, ready: dict | None) -> Any:
     """The clicked row's tile with its error overlay at the threshold."""
-    run = state.get_run((ready or {}).get("run"))
-    tile_id = (active or {}).get("row_id")
+    run = runs.get_run((ready or {}).get("run"))
+    tile_id = (clicked or {}).get("rowId")
     if run is None or not isinstance(tile_id, str) or tile_id not in run.index:
         return no_update
-    info = services.model_for(run)
+    info = runs.model_for(run)
     if not info.ok:
         return components.empty_state("No model", info.message)
     t = float(threshold if threshold is not None else DEFAULT_THRESHOLD)

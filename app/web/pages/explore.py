@@ -30,8 +30,10 @@ from dash import (
     no_update,
 )
 
-from app.web import analysis, components, figures, ids, state
-from app.web.analysis import METHOD_LABELS, METHODS
+from app.ml import registry
+from app.web import components, figures, ids, runs, theme
+from app.web.logic import explore
+from app.web.logic import tiles as tile_logic
 
 dash.register_page(__name__, path="/", name="Explore", title="Explore · U-Net Lens", order=0)
 
@@ -41,7 +43,7 @@ N_NEIGHBOURS = 8
 LARGE_HEIGHT = 600
 SMALL_HEIGHT = 250
 G = ids.gallery_ids(ids.EX_GALLERY)
-MAP_KEYS = ("large", *METHODS)
+MAP_KEYS = ("large", *registry.reducer_names())
 
 
 def _map_block(index: str, height: int) -> html.Div:
@@ -61,7 +63,7 @@ def _map_block(index: str, height: int) -> html.Div:
 def _small_panel(method: str) -> html.Div:
     return html.Div([
         html.Div([
-            html.Span(METHOD_LABELS[method], className="panel-title",
+            html.Span(theme.method_label(method), className="panel-title",
                       id={"type": ids.EX_MAP_TITLE, "index": method}),
             html.Button("Enlarge", id={"type": ids.EX_ENLARGE, "index": method}, n_clicks=0,
                         className="btn btn-ghost btn-xs"),
@@ -91,7 +93,7 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
                 _control("Colour by", dcc.Dropdown(id=ids.EX_COLOUR, clearable=False,
                                                    searchable=False, className="dd-colour")),
                 _control("Large map", dcc.RadioItems(
-                    id=ids.EX_METHOD, options=[{"label": METHOD_LABELS[m], "value": m} for m in METHODS],
+                    id=ids.EX_METHOD, options=theme.method_options(registry.reducer_names()),
                     value="umap", inline=True, className="segmented")),
                 _control("Neighbours by", dcc.RadioItems(
                     id=ids.EX_METRIC, options=[{"label": "cosine", "value": "cosine"},
@@ -101,7 +103,7 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
         ], className="page-head"),
         html.Div(id=ids.EX_EMPTY),
         html.Div([
-            html.Div([_small_panel(m) for m in METHODS], className="small-maps"),
+            html.Div([_small_panel(m) for m in registry.reducer_names()], className="small-maps"),
             html.Div([
                 html.Div([
                     html.Div([
@@ -142,26 +144,17 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
 )
 def run_controls(run_id: str | None, colour: str | None, method: str | None) -> tuple:
     """Subtitle, colour options and map methods of the picked run (or an empty state)."""
-    run = state.get_run(run_id)
-    if run is None:
-        empty = components.empty_state(
-            "No embeddings run to show",
-            ["Build the demo with ", html.Code("python -m app demo"), ", or embed and reduce a "
-             "model run (", html.Code("python -m app embed …"), " then ",
-             html.Code("python -m app reduce <run>"), ")."])
-        return "", [], None, [], None, empty, {"display": "none"}
+    run = runs.get_run(run_id)
+    empty = components.run_gate(run, "show", maps=True)
+    if empty is not None:
+        return "", [], None, [], None, empty, components.HIDDEN
     tiles = run.tiles
-    methods = analysis.available_methods(tiles)
-    if not methods:
-        empty = components.empty_state(
-            f"Run {run.run_id} has no maps yet",
-            ["Compute them with ", html.Code(f"python -m app reduce {run.run_id}"), "."])
-        return "", [], None, [], None, empty, {"display": "none"}
-    options = analysis.colour_options(tiles)
+    methods = tile_logic.available_methods(tiles)
+    options = tile_logic.colour_options(tiles)
     values = [o["value"] for o in options]
     colour = colour if colour in values else ("cluster" if "cluster" in values else values[0])
-    method_options = [{"label": METHOD_LABELS[m], "value": m} for m in methods]
-    method = method if method in methods else next(m for m in ("umap", "tsne", "pca") if m in methods)
+    method_options = theme.method_options(methods)
+    method = method if method in methods else tile_logic.default_method(methods)
     dims = run.vectors.shape[1]
     subtitle = (f"{len(tiles):,} tiles · {dims}-d {run.manifest.get('representation', '')} vectors "
                 f"of layer “{run.layer}” · model {run.manifest.get('model_run', '?')}")
@@ -230,16 +223,16 @@ def update_maps(run_id: str | None, method: str | None, colour: str | None, tile
     """Build the maps for a new run; otherwise send a ``Patch``: new colours, new coordinates
     for the large map (another method), the highlight ring on the clicked tile. Tile ids
     (the bulk of the payload) only travel with a new run."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if run is None or not method or not colour:
         return (no_update,) * 6
     tiles, index = run.tiles, run.index
-    methods = analysis.available_methods(tiles)
+    methods = tile_logic.available_methods(tiles)
     if method not in methods:
         return (no_update,) * 6
-    version = state.run_version(run)
-    spec = analysis.colour_spec(tiles, colour)
-    variance = analysis.explained_variance(run)
+    version = runs.run_version(run)
+    spec = tile_logic.colour_spec(tiles, colour)
+    variance = tile_logic.explained_variance(run)
     same_run = bool(built) and built.get("run") == run.run_id and built.get("version") == version
     same_large = same_run and built.get("method") == method
     recolour = not same_run or built.get("colour") != colour
@@ -251,31 +244,31 @@ def update_maps(run_id: str | None, method: str | None, colour: str | None, tile
         large = key == "large"
         full = not same_run
         if m not in methods:
-            outputs[key] = figures.empty_figure(f"{METHOD_LABELS[m]} not computed", SMALL_HEIGHT) \
+            outputs[key] = figures.empty_figure(f"{theme.method_label(m)} not computed", SMALL_HEIGHT) \
                 if full else no_update
             continue
         point = _highlight(tiles, index, tile, m)
         # Small maps of a large run are overviews: a fixed sample of points, no ids, no hover.
-        rows = None if large else analysis.overview_rows(n, SMALL_HOVER_MAX)
+        rows = None if large else tile_logic.overview_rows(n, SMALL_HOVER_MAX)
         map_spec = spec if rows is None else spec.take(rows)
         if full:
-            x, y = analysis.map_coords(tiles, m)
+            x, y = tile_logic.map_coords(tiles, m)
             hover_ids = tile_ids
             if rows is not None:
                 x, y, hover_ids = x[rows], y[rows], None
             outputs[key] = figures.map_figure(
-                x, y, hover_ids, map_spec, axis_titles=analysis.axis_titles(m, variance),
+                x, y, hover_ids, map_spec, axis_titles=tile_logic.axis_titles(m, variance),
                 large=large, highlight=point, uirevision=f"{run.run_id}:{version}:{m}",
                 height=LARGE_HEIGHT if large else SMALL_HEIGHT,
             )
         else:
             patch = figures.recolour_patch(map_spec, large=large) if recolour else Patch()
             if large and not same_large:  # another method: new coordinates, same ids
-                x, y = analysis.map_coords(tiles, m)
-                figures.coords_patch(x, y, analysis.axis_titles(m, variance),
+                x, y = tile_logic.map_coords(tiles, m)
+                figures.coords_patch(x, y, tile_logic.axis_titles(m, variance),
                                      f"{run.run_id}:{version}:{m}", patch)
             outputs[key] = figures.highlight_patch(point, patch)
-    title = f"{METHOD_LABELS[method]} map · coloured by {_lower_first(spec.title)}"
+    title = f"{theme.method_label(method)} map · coloured by {_lower_first(spec.title)}"
     new_built = {"run": run.run_id, "version": version, "method": method, "colour": colour}
     return (*(outputs[k] for k in MAP_KEYS), title, new_built)
 
@@ -287,11 +280,11 @@ def update_maps(run_id: str | None, method: str | None, colour: str | None, tile
 )
 def small_titles(run_id: str | None, title_ids: list[dict]) -> list:
     """Small-map titles, saying when a map shows a sample of a large run."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     n = len(run.tiles) if run is not None else 0
     out = []
     for tid in title_ids:
-        label = METHOD_LABELS.get(tid["index"], "")
+        label = theme.method_label(tid["index"])
         if n > SMALL_HOVER_MAX:
             out.append([label, html.Span(f" · {SMALL_HOVER_MAX:,} of {n:,} tiles, no hover",
                                          className="panel-hint")])
@@ -355,10 +348,10 @@ clientside_callback(
 def selection_gallery(selected: Any, _prev: int, _next: int, page: int | None,
                       run_id: str | None) -> tuple:
     """The selected tiles (found by id), one page of cards at a time."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if run is None:
         return [], "Selection", "", True, True, 0, True
-    chosen = analysis.known_ids(run.index, selected)
+    chosen = explore.known_ids(run.index, selected)
     if not chosen:
         hint = components.empty_state(
             "Nothing selected yet",
@@ -367,13 +360,13 @@ def selection_gallery(selected: Any, _prev: int, _next: int, page: int | None,
     trig = ctx.triggered_id
     page = int(page or 0)
     page = page - 1 if trig == G["prev"] else page + 1 if trig == G["next"] else 0
-    items, page, n_pages = analysis.page_of(chosen, page)
-    version = state.run_version(run)
+    items, page, n_pages = tile_logic.page_of(chosen, page)
+    version = runs.run_version(run)
     cards = [
-        components.tile_card(run.run_id, version, analysis.tile_record(run.tiles, run.index[t]), "sel")
+        components.record_card(run.run_id, version, tile_logic.tile_record(run.tiles, run.index[t]), "sel")
         for t in items
     ]
-    label, prev_off, next_off = components.pager_state(page, n_pages, len(chosen), analysis.PER_PAGE)
+    label, prev_off, next_off = components.pager_state(page, n_pages, len(chosen), tile_logic.PER_PAGE)
     title = f"Selection · {len(chosen):,} tile{'s' if len(chosen) != 1 else ''}"
     return cards, title, label, prev_off, next_off, page, False
 
@@ -387,13 +380,13 @@ def selection_gallery(selected: Any, _prev: int, _next: int, page: int | None,
 )
 def download_selection(n_clicks: int, selected: Any, run_id: str | None) -> Any:
     """CSV of the selected tile ids (with their metadata and metrics)."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if not n_clicks or run is None:
         return no_update
-    chosen = analysis.known_ids(run.index, selected)
+    chosen = explore.known_ids(run.index, selected)
     if not chosen:
         return no_update
-    return {"content": analysis.selection_csv(run.tiles, run.index, chosen),
+    return {"content": explore.selection_csv(run.tiles, run.index, chosen),
             "filename": f"{run.run_id}-selection-{len(chosen)}.csv", "type": "text/csv"}
 
 
@@ -409,7 +402,7 @@ def download_selection(n_clicks: int, selected: Any, run_id: str | None) -> Any:
 )
 def pick_tile(_clicks: list, _cards: list, run_id: str | None) -> Any:
     """A clicked point or card (found by its id) becomes the inspected tile."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     trig = ctx.triggered_id
     if run is None or not isinstance(trig, dict) or not ctx.triggered:
         return no_update
@@ -431,7 +424,7 @@ def pick_tile(_clicks: list, _cards: list, run_id: str | None) -> Any:
 )
 def tile_detail(tile: str | None, metric: str | None, run_id: str | None) -> Any:
     """The inspected tile with its nearest neighbours in the original embedding space."""
-    run = state.get_run(run_id)
+    run = runs.get_run(run_id)
     if run is None or not isinstance(tile, str) or tile not in run.index:
         return components.empty_state(
             "Click a point to inspect a tile",
@@ -439,13 +432,13 @@ def tile_detail(tile: str | None, metric: str | None, run_id: str | None) -> Any
             "embedding space appear here.")
     metric = metric if metric in ("cosine", "euclidean") else "cosine"
     row = run.index[tile]
-    vec = state.vectors(run)
+    vec = runs.vectors(run)
     neighbours = [
-        (analysis.tile_record(run.tiles, r), score)
-        for r, score in analysis.nearest_neighbours(vec, row, N_NEIGHBOURS, metric)
+        (tile_logic.tile_record(run.tiles, r), score)
+        for r, score in tile_logic.nearest_neighbours(vec, row, N_NEIGHBOURS, metric)
     ]
     return components.detail_panel(
-        run.run_id, state.run_version(run), analysis.tile_record(run.tiles, row), neighbours,
+        run.run_id, runs.run_version(run), tile_logic.tile_record(run.tiles, row), neighbours,
         metric=metric, dims=int(vec.data.shape[1]),
         has_image=run.file_for("image", tile) is not None,
         has_true=run.file_for("true", tile) is not None,

@@ -8,7 +8,7 @@ tiles, 32 px overlap, raised-cosine blending: ``ModelService.segment_large``), i
 background callback with a progress bar, then shown as a mask overlay and a probability map
 with the building count and area (``metrics.count_buildings``, watershed), Otsu and K-means
 colour baselines beside the U-Net, a Grad-CAM of the upload, a "Download mask PNG" button and
-the upload placed on the run's PCA / t-SNE / UMAP maps (``pipeline.place_new``) with its nearest
+the upload placed on the run's PCA / t-SNE / UMAP maps (``ml.apply.place_new``) with its nearest
 stored tiles.
 
 Between callbacks the decoded upload lives in the shared flask-caching cache under its
@@ -18,18 +18,18 @@ sends the file twice.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dash
-import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import config
-from app.web import analysis, components, figures, ids, services, state, uploads, widgets
-from app.web import segmentation as seg
-from app.web.analysis import METHOD_LABELS
+from app.web import components, figures, ids, images, runs, theme, uploads
 from app.web.background import MANAGER
 from app.web.cache import cache
+from app.web.logic import segment as seg
+from app.web.logic import tiles as tile_logic
 
 dash.register_page(__name__, path="/segment", name="Segment", title="Segment · U-Net Lens",
                    order=4)
@@ -55,87 +55,44 @@ def summary_block(res: seg.SegmentResult) -> html.Div:
                   html.Span(f"{res.width:,} × {res.height:,} px", className="chip"),
                   *chips], className="result-head"),
         html.Div([
-            widgets.stat("Buildings", f"{res.n_buildings:,}"),
-            widgets.stat("Building area", f"{res.building_pixels:,} px"),
-            widgets.stat("Area share", f"{res.building_pixels / max(total, 1):.1%}"),
-            widgets.stat("Mean size", f"{res.mean_area:,.0f} px" if res.n_buildings else "–"),
-            widgets.stat("Segmented in", timing),
-            widgets.stat("Method", how),
+            components.stat("Buildings", f"{res.n_buildings:,}"),
+            components.stat("Building area", f"{res.building_pixels:,} px"),
+            components.stat("Area share", f"{res.building_pixels / max(total, 1):.1%}"),
+            components.stat("Mean size", f"{res.mean_area:,.0f} px" if res.n_buildings else "–"),
+            components.stat("Segmented in", timing),
+            components.stat("Method", how),
         ], className="stats stats-6"),
     ])
 
 
 def image_block(res: seg.SegmentResult) -> list[Any]:
-    """Upload, mask overlay, probability map and (filled later) the Grad-CAM."""
-    mask_disp = services.resize_mask(res.mask, res.image.shape[:2])
+    """Upload, mask overlay and probability map (the Grad-CAM beside them is filled later)."""
+    mask_disp = images.resize_mask(res.mask, res.image.shape[:2])
     legend = html.Span([html.Span("0"), html.Span(className="prob-bar"), html.Span("1")],
                        className="prob-legend")
-    overlay = services.mask_overlay(res.image, mask_disp, MASK_COLOUR)
+    overlay = images.mask_overlay(res.image, mask_disp, MASK_COLOUR)
     return [
-        widgets.figure(services.data_uri(res.image, "JPEG"), "upload"),
-        widgets.figure(services.data_uri(overlay, "JPEG"), f"U-Net mask (p ≥ {THRESHOLD})",
+        components.figure(images.data_uri(res.image, "JPEG"), "upload"),
+        components.figure(images.data_uri(overlay, "JPEG"), f"U-Net mask (p ≥ {THRESHOLD})",
                        cid=ids.SG_MASK_IMG),
-        widgets.figure(services.data_uri(services.colourise(res.prob, "Viridis")),
+        components.figure(images.data_uri(images.colourise(res.prob, "Viridis")),
                        "building probability", note=legend),
-        dcc.Loading(html.Div(widgets.placeholder("Grad-CAM (bottleneck)", "computing…"),
-                             id=ids.SG_GRADCAM), type="dot", delay_show=200,
-                    parent_className="lens-loading"),
     ]
 
 
 def baseline_block(res: seg.SegmentResult) -> list[Any]:
     """U-Net vs Otsu vs K-means, each with its building share and IoU with the U-Net."""
     shape = res.image.shape[:2]
-    unet = services.resize_mask(res.mask, shape)
-    cards = [widgets.figure(
-        services.data_uri(services.mask_overlay(res.image, unet, MASK_COLOUR), "JPEG"), "U-Net",
+    unet = images.resize_mask(res.mask, shape)
+    cards = [components.figure(
+        images.data_uri(images.mask_overlay(res.image, unet, MASK_COLOUR), "JPEG"), "U-Net",
         note=f" · {unet.mean():.1%} building")]
     for b in res.baselines.values():
-        m = services.resize_mask(b["mask"], shape)
-        cards.append(widgets.figure(
-            services.data_uri(services.mask_overlay(res.image, m, BASELINE_COLOUR), "JPEG"),
+        m = images.resize_mask(b["mask"], shape)
+        cards.append(components.figure(
+            images.data_uri(images.mask_overlay(res.image, m, BASELINE_COLOUR), "JPEG"),
             b["label"], note=f" · {b['fraction']:.1%} building · IoU with U-Net {b['iou']:.2f}"))
     return cards
-
-
-def map_figure_for(run: Any, method: str, placement: dict[str, Any]) -> Any:
-    """The run's map (coloured by cluster when known) with the upload starred and its
-    neighbours ringed."""
-    import plotly.graph_objects as go
-
-    tiles = run.tiles
-    x, y = analysis.map_coords(tiles, method)
-    options = [o["value"] for o in analysis.colour_options(tiles)]
-    colour = "cluster" if "cluster" in options else (options[0] if options else None)
-    spec = analysis.colour_spec(tiles, colour) if colour else analysis.ColourSpec(
-        "none", "", "categorical", np.zeros(len(tiles), np.int16), categories=["tile"],
-        colours=["#9aa5b1"], counts=[len(tiles)], cmin=-0.5, cmax=0.5)
-    rows = analysis.overview_rows(len(tiles), MAP_MAX_POINTS)  # a fixed sample of huge runs
-    ids_ = tiles["tile_id"].to_numpy(dtype=object)
-    bx, by = (x, y) if rows is None else (x[rows], y[rows])
-    fig = figures.map_figure(bx, by, ids_ if rows is None else ids_[rows],
-                             spec if rows is None else spec.take(rows),
-                             axis_titles=analysis.axis_titles(method,
-                                                              analysis.explained_variance(run)),
-                             large=True, uirevision=f"segment:{run.run_id}:{method}",
-                             height=MAP_HEIGHT)
-    index = run.index
-    nrows = [index[t] for t, _ in placement.get("neighbours", []) if t in index]
-    if nrows:
-        fig.add_trace(go.Scatter(
-            x=x[nrows], y=y[nrows], mode="markers", name="nearest tiles", hoverinfo="skip",
-            marker={"size": 13, "color": "rgba(0,0,0,0)",
-                    "line": {"color": "#111827", "width": 1.8}}, showlegend=True))
-    point = placement.get("coords", {}).get(method)
-    if point:
-        label = "upload (approx.)" if placement.get("approx") else "upload"
-        fig.add_trace(go.Scatter(
-            x=[point[0]], y=[point[1]], mode="markers", name=label, showlegend=True,
-            marker={"symbol": "star", "size": 22, "color": "#ffd400",
-                    "line": {"color": "#111827", "width": 1.6}},
-            hovertemplate=f"{label}<extra></extra>"))
-    fig.update_layout(dragmode="pan", showlegend=True)
-    return fig
 
 
 # --------------------------------------------------------------------------- layout
@@ -143,8 +100,6 @@ def map_figure_for(run: Any, method: str, placement: dict[str, Any]) -> Any:
 
 def _single_pass_side() -> str:
     """The single-pass limit in words: "1024²" for a square number of pixels."""
-    import math
-
     side = math.isqrt(config.SINGLE_PASS_MAX_PIXELS)
     if side * side == config.SINGLE_PASS_MAX_PIXELS:
         return f"{side}²"
@@ -164,7 +119,7 @@ def layout(**_: Any) -> html.Div:
             html.Div(f"{uploads.ACCEPTED} · up to {limit}", className="upload-hint"),
         ]),
     )
-    progress = widgets.progress_box(ids.SG_PROGRESS, f"{ids.SG_PROGRESS}-label",
+    progress = components.progress_box(ids.SG_PROGRESS, f"{ids.SG_PROGRESS}-label",
                                     ids.SG_PROGRESS_BOX)
     return html.Div([
         html.Div([
@@ -188,20 +143,25 @@ def layout(**_: Any) -> html.Div:
                 html.Button("Download mask PNG", id=ids.SG_DOWNLOAD_BTN, n_clicks=0,
                             className="btn btn-primary"),
             ], className="panel result-panel"),
-            html.Div(id=ids.SG_IMAGES, className="lens-grid lens-grid-4"),
-            widgets.panel("U-Net vs classical baselines", html.Div(id=ids.SG_BASELINES,
+            html.Div([
+                html.Div(id=ids.SG_IMAGES, className="lens-contents"),
+                dcc.Loading(html.Div(components.placeholder("Grad-CAM (bottleneck)", "computing…"),
+                                     id=ids.SG_GRADCAM), type="dot", delay_show=200,
+                            parent_className="lens-loading"),
+            ], className="lens-grid lens-grid-4"),
+            components.panel("U-Net vs classical baselines", html.Div(id=ids.SG_BASELINES,
                                                             className="lens-grid lens-grid-3"),
                    hint="Otsu: brighter class of the luminance · K-means: palest, least "
                         "saturated colour cluster"),
             html.Div([
-                widgets.panel("Where the upload falls on the stored maps", html.Div([
+                components.panel("Where the upload falls on the stored maps", html.Div([
                     dcc.RadioItems(id=ids.SG_MAP_METHOD, options=[], value=None, inline=True,
                                    className="segmented"),
                     dcc.Graph(id=ids.SG_MAP, figure=figures.empty_figure("", MAP_HEIGHT),
                               config=figures.GRAPH_CONFIG, style={"height": f"{MAP_HEIGHT}px"}),
                     html.Div(id=ids.SG_MAP_NOTE, className="panel-foot"),
                 ]), cls="map-panel"),
-                widgets.panel("Nearest stored tiles", html.Div(id=ids.SG_NEIGHBOURS,
+                components.panel("Nearest stored tiles", html.Div(id=ids.SG_NEIGHBOURS,
                                                         className="card-grid lens-cards"),
                        hint="cosine similarity in the embedding space"),
             ], className="lens-row-2"),
@@ -221,11 +181,12 @@ def layout(**_: Any) -> html.Div:
 )
 def check_model(run_id: str | None) -> tuple:
     """Say up front when there is no model to segment with."""
-    run = state.get_run(run_id)
-    info = services.model_for(run)
-    if not info.ok:
-        return components.empty_state("No model to segment with", info.message), None
-    warn = widgets.message(info.warning, "warn") if info.warning else None
+    run = runs.get_run(run_id)
+    info = runs.model_for(run)
+    empty = components.run_gate(run, "segment", info=info, need_run=False)
+    if empty is not None:
+        return empty, None
+    warn = components.message(info.warning, "warn") if info.warning else None
     return None, warn
 
 
@@ -258,18 +219,18 @@ def segment_upload(set_progress: Any, contents: Any, filename: Any, run_id: str 
     try:
         upload = uploads.parse_upload(contents, filename)
     except uploads.UploadError as exc:
-        return (widgets.message(str(exc)), *keep)
-    run = state.get_run(run_id)
-    info = services.model_for(run)
+        return (components.message(str(exc)), *keep)
+    run = runs.get_run(run_id)
+    info = runs.model_for(run)
     if not info.ok:
-        return (widgets.message(info.message), *keep)
+        return (components.message(info.message), *keep)
 
     def report(done: int, total: int, what: str) -> None:
         set_progress((str(done), str(max(total, 1)),
                       f"{what} {done}/{total}" if total > 1 else f"{what}…"))
 
     res = seg.analyse(upload, run, info.service, progress=report)
-    ok = widgets.message(f"Segmented {res.name}: {res.n_buildings:,} buildings found.", "ok")
+    ok = components.message(f"Segmented {res.name}: {res.n_buildings:,} buildings found.", "ok")
     stored = {"key": res.key, "name": res.name, "run": run.run_id if run else None,
               "placement": res.placement, "width": res.width, "height": res.height}
     return (ok, stored, summary_block(res), image_block(res), baseline_block(res), {})
@@ -286,20 +247,20 @@ def upload_gradcam(result: dict | None, run_id: str | None) -> Any:
     if not isinstance(result, dict) or not result.get("key"):
         return no_update
     stored = cache.get(seg.cache_key(result["key"]))
-    info = services.model_for(state.get_run(run_id))
+    info = runs.model_for(runs.get_run(run_id))
     if not stored or not info.ok:
-        return widgets.placeholder("Grad-CAM (bottleneck)", "unavailable: upload the image again")
+        return components.placeholder("Grad-CAM (bottleneck)", "unavailable: upload the image again")
     out = info.service.explain(stored["image"], "seg-grad-cam", layer="bottleneck",
                                target="predicted")
     res = out.result
     caption = "Grad-CAM (bottleneck)"
-    timing = services.timing_text(out.ms, out.device, out.cached, out.compute_ms)
+    timing = components.timing_text(out.ms, out.device, out.cached, out.compute_ms)
     if res.empty:
-        return widgets.placeholder(caption, res.message)
-    disp = services.fit_display(stored["image"])
-    heat = services.resize_prob(res.heatmap, disp.shape[:2])
+        return components.placeholder(caption, res.message)
+    disp = images.fit_display(stored["image"])
+    heat = images.resize_prob(res.heatmap, disp.shape[:2])
     return html.Figure([
-        widgets.stack(services.data_uri(disp, "JPEG"), services.data_uri(services.heat_rgba(heat)),
+        components.stack(images.data_uri(disp, "JPEG"), images.data_uri(images.heat_rgba(heat)),
                       opacity=0.75),
         html.Figcaption([caption, html.Span(f" · {timing}", className="fig-note")]),
     ], className="lens-fig")
@@ -316,19 +277,20 @@ def upload_gradcam(result: dict | None, run_id: str | None) -> Any:
 )
 def placement_controls(result: dict | None, method: str | None) -> tuple:
     """Map methods of the run and the neighbour cards of the upload."""
-    run = state.get_run((result or {}).get("run"))
+    run = runs.get_run((result or {}).get("run"))
     if run is None:
         return [], None, components.empty_state("No embeddings run"), ""
-    methods = analysis.available_methods(run.tiles)
+    methods = tile_logic.available_methods(run.tiles)
     placement = result.get("placement") or {}
-    version = state.run_version(run)
-    cards = [widgets.tile_card(run.run_id, version, t, f"cos {s:.3f}",
-                               href=widgets.explain_href(run.run_id, t))
+    version = runs.run_version(run)
+    cards = [components.tile_card(run.run_id, version, t, html.Span(f"cos {s:.3f}", className="card-note"),
+                             cls="lens-card",
+                               href=components.explain_href(run.run_id, t))
              for t, s in placement.get("neighbours", []) if t in run.index]
     note = placement.get("note", "")
     if not cards:
         cards = components.empty_state("No neighbours", note or "Nothing to compare with.")
-    options = [{"label": METHOD_LABELS[m], "value": m} for m in methods]
+    options = theme.method_options(methods)
     method = method if method in methods else (methods[-1] if methods else None)
     return options, method, cards, note
 
@@ -341,10 +303,19 @@ def placement_controls(result: dict | None, method: str | None) -> tuple:
 )
 def placement_map(method: str | None, result: dict | None) -> Any:
     """The stored map with the upload starred."""
-    run = state.get_run((result or {}).get("run"))
+    run = runs.get_run((result or {}).get("run"))
     if run is None or not method:
         return figures.empty_figure("No map for this run.", MAP_HEIGHT)
-    return map_figure_for(run, method, (result or {}).get("placement") or {})
+    placement = (result or {}).get("placement") or {}
+    x, y, tile_ids, spec = seg.map_points(run, method)
+    index = run.index
+    return figures.placement_figure(
+        x, y, tile_ids, spec,
+        axis_titles=tile_logic.axis_titles(method, tile_logic.explained_variance(run)),
+        neighbour_rows=[index[t] for t, _ in placement.get("neighbours", []) if t in index],
+        point=placement.get("coords", {}).get(method), approx=bool(placement.get("approx")),
+        uirevision=f"segment:{run.run_id}:{method}", height=MAP_HEIGHT,
+        max_points=MAP_MAX_POINTS)
 
 
 @callback(

@@ -9,14 +9,34 @@ download) in the shared flask-caching cache under the image's SHA-256.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from app.web import analysis, services, state, uploads
+from app import config
+from app.ml.apply import place_new
+from app.ml.inference import (
+    SIZE_FACTOR,
+    image_sha256,
+    kmeans_colour_baseline,
+    otsu_baseline,
+    resize_rgb,
+    tile_origins,
+)
+from app.ml.metrics import count_buildings
+from app.web import images, runs, uploads
 from app.web.cache import cache
+from app.web.logic.tiles import (
+    ColourSpec,
+    available_methods,
+    colour_options,
+    colour_spec,
+    map_coords,
+    nearest,
+)
 
 TILE = 256
 OVERLAP = 32
@@ -30,11 +50,6 @@ CACHE_TIMEOUT = 3600
 def tiling_description(width: int, height: int, tile: int = TILE, overlap: int = OVERLAP,
                        single_pass_max_pixels: int | None = None) -> str:
     """How ``ModelService.segment`` covers an image of this size, in words."""
-    import math
-
-    from app import config
-    from app.ml.inference import SIZE_FACTOR, tile_origins
-
     if single_pass_max_pixels is None:
         single_pass_max_pixels = config.SINGLE_PASS_MAX_PIXELS
     ph = math.ceil(height / SIZE_FACTOR) * SIZE_FACTOR
@@ -75,8 +90,6 @@ class SegmentResult:
 
 def small_copy(image: np.ndarray, max_side: int = EXPLAIN_MAX_SIDE) -> np.ndarray:
     """The image downscaled (area) so its longer side is at most ``max_side``."""
-    from app.ml.inference import resize_rgb
-
     h, w = image.shape[:2]
     if max(h, w) <= max_side:
         return image
@@ -92,8 +105,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def baselines(image_small: np.ndarray, unet_small: np.ndarray) -> dict[str, dict[str, Any]]:
     """Otsu and K-means masks of the ≤1024 px copy, with their agreement with the U-Net."""
-    from app.ml.inference import kmeans_colour_baseline, otsu_baseline
-
     out: dict[str, dict[str, Any]] = {}
     for key, label, fn in (("otsu", "Otsu threshold", otsu_baseline),
                            ("kmeans", "K-means colours (k = 4)",
@@ -103,17 +114,6 @@ def baselines(image_small: np.ndarray, unet_small: np.ndarray) -> dict[str, dict
         out[key] = {"label": label, "mask": mask, "fraction": float(mask.mean()),
                     "iou": mask_iou(mask, unet_small), "ms": (time.perf_counter() - started) * 1e3}
     return out
-
-
-def neighbours_of(vectors: state.Vectors, q: np.ndarray, k: int = N_NEIGHBOURS) -> list[tuple[int, float]]:
-    """The ``k`` stored rows with the highest cosine similarity to ``q``: (row, cos)."""
-    q = np.asarray(q, np.float32).ravel()
-    qn = float(np.linalg.norm(q)) or 1.0
-    sims = vectors.data @ q / (vectors.norms * qn)
-    k = min(k, len(sims))
-    rows = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
-    rows = rows[np.argsort(-sims[rows], kind="stable")]
-    return [(int(r), float(sims[r])) for r in rows]
 
 
 def place_upload(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
@@ -129,19 +129,17 @@ def place_upload(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
     except (ValueError, KeyError) as exc:
         out["note"] = f"Cannot embed the upload for run {run.run_id}: {exc}"
         return out
-    vectors = state.vectors(run)
+    vectors = runs.vectors(run)
     if vec.shape[0] != vectors.data.shape[1]:
         out["note"] = (f"The model gives {vec.shape[0]}-d vectors but run {run.run_id} stores "
                        f"{vectors.data.shape[1]}-d ones (another model or representation), so "
                        "the upload cannot be placed on its maps.")
         return out
-    near = neighbours_of(vectors, vec)
+    near = nearest(vectors, vec, N_NEIGHBOURS)
     tiles = run.tiles
     out["neighbours"] = [(str(tiles["tile_id"].iat[r]), s) for r, s in near]
-    methods = analysis.available_methods(tiles)
+    methods = available_methods(tiles)
     try:
-        from app.ml.apply import place_new
-
         placed = place_new(run, vec)
         out["coords"] = {m: [float(v[0]), float(v[1])] for m, v in placed.items() if m in methods}
     except Exception as exc:  # noqa: BLE001 - no reducers, unreadable reducer, ...
@@ -158,12 +156,22 @@ def place_upload(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def map_points(run: Any, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, ColourSpec]:
+    """(x, y, tile ids, colouring) of a run's map for the placement figure: coloured by
+    cluster when the run has clusters, else by its first colouring, else one grey."""
+    tiles = run.tiles
+    x, y = map_coords(tiles, method)
+    options = [o["value"] for o in colour_options(tiles)]
+    colour = "cluster" if "cluster" in options else (options[0] if options else None)
+    spec = colour_spec(tiles, colour) if colour else ColourSpec(
+        "none", "", "categorical", np.zeros(len(tiles), np.int16), categories=["tile"],
+        colours=["#9aa5b1"], counts=[len(tiles)], cmin=-0.5, cmax=0.5)
+    return x, y, tiles["tile_id"].to_numpy(dtype=object), spec
+
+
 def analyse(upload: uploads.Upload, run: Any, service: Any,
             progress: Any = None) -> SegmentResult:
     """Segment an upload and compute everything the page shows (no Dash)."""
-    from app.ml.inference import image_sha256
-    from app.ml.metrics import count_buildings
-
     image = upload.image
     h, w = image.shape[:2]
     key = image_sha256(image)
@@ -178,7 +186,7 @@ def analyse(upload: uploads.Upload, run: Any, service: Any,
     count = count_buildings(mask, split_touching=True, min_area=10)
     areas = count.areas
     small = small_copy(image)
-    unet_small = services.resize_mask(mask, small.shape[:2])
+    unet_small = images.resize_mask(mask, small.shape[:2])
     if progress:
         progress(1, 1, "Baselines")
     base = baselines(small, unet_small)
@@ -187,12 +195,12 @@ def analyse(upload: uploads.Upload, run: Any, service: Any,
         if progress:
             progress(1, 1, "Placing on the maps")
         placement = place_upload(run, service, small)
-    disp = services.fit_display(image)
-    cache.set(cache_key(key), {"image": small, "mask_png": services.png_bytes(mask),
+    disp = images.fit_display(image)
+    cache.set(cache_key(key), {"image": small, "mask_png": images.png_bytes(mask),
                                         "name": upload.name}, timeout=CACHE_TIMEOUT)
     return SegmentResult(
         key=key, name=upload.name, width=w, height=h, notes=upload.describe(),
-        image=disp, prob=services.resize_prob(prob, disp.shape[:2]), mask=mask,
+        image=disp, prob=images.resize_prob(prob, disp.shape[:2]), mask=mask,
         n_buildings=int(count.n), building_pixels=int(np.count_nonzero(mask)),
         mean_area=float(areas.mean()) if len(areas) else 0.0, seconds=seconds,
         device=service.device, cached=hit, baselines=base, placement=placement,
@@ -201,5 +209,6 @@ def analyse(upload: uploads.Upload, run: Any, service: Any,
 
 __all__ = [
     "OVERLAP", "THRESHOLD", "TILE", "SegmentResult", "analyse", "baselines", "cache_key",
-    "mask_iou", "neighbours_of", "place_upload", "small_copy", "tiling_description",
+    "map_points",
+    "mask_iou", "place_upload", "small_copy", "tiling_description",
 ]

@@ -1,0 +1,270 @@
+"""Flask hardening of the dashboard's server: limits, uploads, headers, errors and the cache.
+
+:func:`harden` binds, on the ``Flask`` server under a ``Dash`` app: ``/healthz`` and the ``/api``
+and ``/img`` blueprints; request bodies capped at ``config.MAX_UPLOAD_BYTES`` (413 beyond;
+Dash's callback route gets the base64 overhead on top); uploads parsed into memory (never
+spooled to disk); suspicious paths refused; security headers on every response, including a
+Content-Security-Policy built from Dash's own inline-script hashes; large JSON gzipped; an
+unexpected exception answered with a plain "internal error" (logged with its traceback, never
+shown); and the shared cache, whose folder falls back to a temp folder or to no cache when it
+cannot be written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import math
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote
+
+from dash import Dash
+from dash.exceptions import DependencyException
+from flask import Request, Response, abort, jsonify, request
+from werkzeug.exceptions import HTTPException, NotFound
+
+from app import config
+from app.web import api, health, images
+from app.web.cache import cache, default_config
+
+log = logging.getLogger(__name__)
+
+
+def harden(app: Dash, cache_config: dict | None = None) -> None:
+    """Bind the blueprints, limits, headers, error handlers and cache to ``app``'s server.
+
+    Call it after the app's own callbacks are registered: the CSP hashes Dash's inline scripts
+    on the first response.
+    """
+    server = app.server
+    server.request_class = InMemoryUploadRequest
+    server.config["MAX_CONTENT_LENGTH"] = config.MAX_UPLOAD_BYTES
+    callback_limit = dash_callback_limit(config.MAX_UPLOAD_BYTES)
+
+    server.before_request(_reject_suspicious_paths)
+
+    @server.before_request
+    def _dash_callback_limit() -> None:
+        if request.path.endswith("/_dash-update-component"):
+            request.max_content_length = callback_limit
+
+    server.register_blueprint(images.bp)
+    server.register_blueprint(health.bp)
+    server.register_blueprint(api.bp)
+    cfg, cache_status = usable_cache_config(cache_config or default_config())
+    server.config["UNET_LENS_CACHE"] = cache_status
+    cache.init_app(server, config=cfg)
+    server.register_error_handler(HTTPException, _handle_http_error)
+    server.register_error_handler(DependencyException, _dependency_not_found)
+    server.register_error_handler(Exception, _handle_unexpected)
+    server.after_request(_security_headers)
+    server.after_request(_gzip_json)
+    server.after_request(_csp_hook(app))
+
+
+def content_security_policy(app: Dash) -> str:
+    """The CSP for the dashboard: everything from this origin, Dash's inline scripts by hash.
+
+    ``'unsafe-eval'`` is needed by plotly's WebGL traces (regl compiles shaders with
+    ``new Function``) and ``'unsafe-inline'`` styles by plotly's injected ``<style>`` elements;
+    ``img-src data:`` by computed images (heat maps, masks) sent as data URIs.
+    """
+    scripts = " ".join(["'self'", "'unsafe-eval'", *app.csp_hashes()])
+    return "; ".join([
+        "default-src 'self'",
+        f"script-src {scripts}",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'self'",
+    ])
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def _csp_hook(app: Dash) -> Any:
+    """An ``after_request`` hook adding the CSP, computed once all callbacks are registered."""
+    holder: dict[str, str] = {}
+
+    def add_csp(response: Response) -> Response:
+        if "csp" not in holder:
+            holder["csp"] = content_security_policy(app)
+        response.headers.setdefault("Content-Security-Policy", holder["csp"])
+        return response
+
+    return add_csp
+
+
+class InMemoryUploadRequest(Request):
+    """Multipart file parts are parsed into memory, never spooled to a temp file on disk.
+
+    The body is already capped by ``MAX_CONTENT_LENGTH``, so memory is bounded too.
+    """
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None,
+                         content_length: int | None = None) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def dash_callback_limit(max_upload: int) -> int:
+    """Body limit of Dash's callback route: an upload of ``max_upload`` bytes arrives there
+    base64-encoded inside JSON (4/3 of its size) plus the callback's other inputs."""
+    return int(math.ceil(max_upload * 4 / 3)) + 1024 * 1024
+
+
+#: Paths under these prefixes belong to our blueprints: anything they do not route is a 404, never
+#: the dashboard's page fallback (e.g. ``/img//etc/passwd``).
+_OWN_PREFIXES = ("/img", "/api")
+_OWN_BLUEPRINTS = frozenset({images.bp.name, api.bp.name})
+
+
+def _reject_suspicious_paths() -> None:
+    """404 for a path with a ``..`` segment, a backslash or a NUL (also once more decoded, for
+    double-encoded input), and for anything under /img or /api that our routes did not match."""
+    path = request.path or "/"
+    decoded = unquote(path)
+    for candidate in (path, decoded):
+        if "\x00" in candidate or "\\" in candidate or ".." in candidate.split("/"):
+            abort(404)
+    top = "/" + path.lstrip("/").split("/", 1)[0]
+    if (top in _OWN_PREFIXES or path.startswith(tuple(p + "/" for p in _OWN_PREFIXES))) and \
+            request.blueprint not in _OWN_BLUEPRINTS:
+        abort(404)
+
+
+def _dependency_not_found(_exc: DependencyException) -> Any:
+    """Dash's component-suite route refuses a path it did not register: a plain 404."""
+    return _handle_http_error(NotFound())
+
+
+def _wants_json() -> bool:
+    path = request.path or ""
+    if path.startswith(("/api/", "/_dash-", "/healthz")):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def _handle_http_error(exc: HTTPException) -> Any:
+    """404, 405, 413, ...: JSON under /api (and for JSON clients), Werkzeug's page otherwise."""
+    if not _wants_json():
+        return exc
+    message = {
+        404: "not found.", 405: "method not allowed.",
+        413: f"request body larger than {config.MAX_UPLOAD_BYTES:,} bytes.",
+    }.get(exc.code or 0, (exc.description or exc.name or "error").split("\n")[0])
+    response = jsonify({"error": message})
+    response.status_code = exc.code or 500
+    return response
+
+
+def _handle_unexpected(exc: Exception) -> Any:
+    """Any other exception: logged with its traceback, answered with a plain "internal error"."""
+    if isinstance(exc, HTTPException):
+        return _handle_http_error(exc)
+    log.error("unhandled exception on %s %s", request.method, request.path, exc_info=exc)
+    if _wants_json():
+        response = jsonify({"error": "internal error"})
+    else:
+        response = Response("internal error\n", mimetype="text/plain")
+    response.status_code = 500
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def usable_cache_config(cfg: dict) -> tuple[dict, dict[str, Any]]:
+    """``(config, info)``: a ``FileSystemCache`` whose folder cannot be written falls back to a
+    per-user temp folder, then to a ``NullCache``, with a logged warning in ``info``."""
+    cache_type = cfg.get("CACHE_TYPE", "")
+    info: dict[str, Any] = {"type": cache_type, "ok": True}
+    if cache_type == "RedisCache":
+        info["url"] = cfg.get("CACHE_REDIS_URL")
+        return cfg, info
+    if cache_type != "FileSystemCache":
+        return cfg, info
+    wanted = Path(cfg.get("CACHE_DIR") or config.CACHE_DIR)
+    problem = _unwritable(wanted)
+    if problem is None:
+        info["dir"] = str(wanted)
+        return cfg, info
+    fallback = Path(tempfile.gettempdir()) / f"unet-lens-cache-{os.getuid()}"
+    if _unwritable(fallback, private=True) is None:
+        info.update(ok=False, dir=str(fallback), warning=(
+            f"Cache folder {wanted} cannot be written ({problem}); using {fallback} instead."))
+        log.warning("%s", info["warning"])
+        return {**cfg, "CACHE_DIR": str(fallback)}, info
+    info.update(type="NullCache", ok=False, warning=(
+        f"Cache folder {wanted} cannot be written ({problem}), nor {fallback}; running "
+        "without a cache (values are recomputed)."))
+    log.warning("%s", info["warning"])
+    return {"CACHE_TYPE": "NullCache", "CACHE_NO_NULL_WARNING": True}, info
+
+
+def _unwritable(folder: Path, *, private: bool = False) -> str | None:
+    """Why ``folder`` cannot be used as a cache folder, or None.
+
+    ``private`` (the shared temp dir fallback): the folder must be a real directory owned by
+    this user and writable by nobody else, since the cache unpickles what it finds there.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if private:
+            st = folder.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return "not a private folder of this user"
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+#: JSON responses larger than this are gzipped when the browser accepts it.
+GZIP_MIN_BYTES = 2048
+
+
+def _gzip_json(response: Response) -> Response:
+    """Gzip large JSON responses (callback outputs: maps of 10^4-10^5 tile ids shrink ~4×).
+
+    Dash's own ``compress=True`` needs flask-compress; this is the same for the one content
+    type that matters, with the standard library. Images are already compressed.
+    """
+    if (
+        response.status_code != 200
+        or response.direct_passthrough
+        or response.mimetype != "application/json"
+        or "Content-Encoding" in response.headers
+        or "gzip" not in request.headers.get("Accept-Encoding", "").lower()
+    ):
+        return response
+    data = response.get_data()
+    if len(data) < GZIP_MIN_BYTES:
+        return response
+    response.set_data(gzip.compress(data, compresslevel=5))
+    response.headers["Content-Encoding"] = "gzip"
+    response.headers["Content-Length"] = str(len(response.get_data()))
+    response.vary.add("Accept-Encoding")
+    return response
+
+
+
+__all__ = [
+    "GZIP_MIN_BYTES", "InMemoryUploadRequest", "content_security_policy", "dash_callback_limit",
+    "harden", "usable_cache_config",
+]

@@ -1,0 +1,26 @@
+"""Building the dashboard in tests, one app after another in the same process.
+
+Pages register their callbacks with ``dash.callback`` into Dash's module-level lists when
+``Dash(...)`` imports them, and Dash hands those lists to the first app that serves a request.
+A server process builds one app, so the app never patches Dash for this; tests build several,
+so each is served one request as soon as it is built (it takes its own callbacks then, before
+the next app re-imports the pages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dash import Dash
+
+from app.web.main import create_app
+
+
+def built_app(*args: Any, **kwargs: Any) -> Dash:
+    """``create_app(...)`` that has already taken its pages' callbacks."""
+    app = create_app(*args, **kwargs)
+    app.server.test_client().get("/_dash-dependencies")
+    return app
+
+
+__all__ = ["built_app"]
