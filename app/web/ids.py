@@ -19,8 +19,8 @@ EX_COLOUR = "explore-colour"
 EX_METRIC = "explore-metric"
 EX_SUBTITLE = "explore-subtitle"
 EX_EMPTY = "explore-empty"
-EX_MAP = "explore-map"  # pattern type, index = "large" | "pca" | "tsne" | "umap"
-EX_MAP_TITLE = "explore-map-title"  # pattern type, index = "pca" | "tsne" | "umap"
+EX_MAP = "explore-map"  # pattern type, index = "large" or a registered map method
+EX_MAP_TITLE = "explore-map-title"  # pattern type, index = a registered map method
 EX_LARGE_TITLE = "explore-large-title"
 EX_TOOLTIP = "explore-tooltip"  # pattern type, same indices
 EX_SELECTED = "explore-selected-ids"  # dcc.Store: list of tile ids

@@ -103,7 +103,7 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
         ], className="page-head"),
         html.Div(id=ids.EX_EMPTY),
         html.Div([
-            html.Div([_small_panel(m) for m in registry.reducer_names()], className="small-maps"),
+            html.Div([_small_panel(m) for m in MAP_KEYS[1:]], className="small-maps"),
             html.Div([
                 html.Div([
                     html.Div([
@@ -206,10 +206,7 @@ def _highlight(tiles: Any, index: dict[str, int], tile: str | None, method: str)
 
 
 @callback(
-    Output({"type": ids.EX_MAP, "index": "large"}, "figure"),
-    Output({"type": ids.EX_MAP, "index": "pca"}, "figure"),
-    Output({"type": ids.EX_MAP, "index": "tsne"}, "figure"),
-    Output({"type": ids.EX_MAP, "index": "umap"}, "figure"),
+    *[Output({"type": ids.EX_MAP, "index": key}, "figure") for key in MAP_KEYS],
     Output(ids.EX_LARGE_TITLE, "children"),
     Output(ids.EX_BUILT, "data"),
     Input(ids.RUN, "value"),
@@ -225,11 +222,11 @@ def update_maps(run_id: str | None, method: str | None, colour: str | None, tile
     (the bulk of the payload) only travel with a new run."""
     run = runs.get_run(run_id)
     if run is None or not method or not colour:
-        return (no_update,) * 6
+        return (no_update,) * (len(MAP_KEYS) + 2)
     tiles, index = run.tiles, run.index
     methods = tile_logic.available_methods(tiles)
     if method not in methods:
-        return (no_update,) * 6
+        return (no_update,) * (len(MAP_KEYS) + 2)
     version = runs.run_version(run)
     spec = tile_logic.colour_spec(tiles, colour)
     variance = tile_logic.explained_variance(run)
