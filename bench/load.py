@@ -321,6 +321,9 @@ class Mix:
     connections: int
     think: tuple[float, float]
     action_timeout: float
+    #: ``--cover`` sends the background kinds one user at a time: two Evaluate jobs at once
+    #: share one cache key and one of them loses its result (a bug the mix itself measures)
+    cover_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def callback(browser: Browser, body: dict, stats: Stats, kind: str) -> dict:
@@ -514,7 +517,8 @@ def do_action(mix: Mix, browser: Browser, kind: str, rng: random.Random, stats: 
 def user(uid: int, users: int, mix: Mix, deadline: float, max_actions: int, kinds: list[str],
          weights: list[int], stats: Stats, seed: int, cover: bool) -> None:
     """One simulated user. With ``cover``, it first sends every kind once (whatever the time:
-    bounded by the number of kinds), then the random mix until the deadline."""
+    bounded by the number of kinds; background kinds one user at a time), then the random mix
+    until the deadline."""
     rng = random.Random(seed * 1000 + uid)
     browser = Browser(mix.port, timeout=60, connections=mix.connections)
     # users start the cover at kinds spread apart, so they do not send the same kind at once
@@ -524,8 +528,12 @@ def user(uid: int, users: int, mix: Mix, deadline: float, max_actions: int, kind
     try:
         browser.open_page("/")
         while queue or (time.time() < deadline and done < max_actions):
-            kind = queue.pop(0) if queue else rng.choices(kinds, weights)[0]
-            do_action(mix, browser, kind, rng, stats)
+            if queue:
+                kind = queue.pop(0)
+                with mix.cover_lock if kind in FOLLOW_UP else contextlib.nullcontext():
+                    do_action(mix, browser, kind, rng, stats)
+            else:
+                do_action(mix, browser, rng.choices(kinds, weights)[0], rng, stats)
             done += 1
             time.sleep(rng.uniform(*mix.think))
     except (ActionError, OSError, http.client.HTTPException) as exc:
@@ -632,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--action-timeout", type=float, default=120.0,
                         help="seconds a background callback may take (default: %(default)s)")
     parser.add_argument("--cover", action="store_true",
-                        help="every user sends every kind once first (the smoke test)")
+                        help="every user sends every kind once first, the background ones "
+                             "one user at a time (the smoke test)")
     parser.add_argument("--model-store")
     parser.add_argument("--embeddings", help="embeddings folder (with --run)")
     parser.add_argument("--run", help="embeddings run id (with --embeddings)")
