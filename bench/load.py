@@ -591,6 +591,29 @@ def report(stats: Stats, seconds: float) -> dict:
             "kinds": rows}
 
 
+def markdown(results: dict) -> str:
+    """The per-kind table of a run as Markdown (for BENCHMARKS.md)."""
+    head = ("| kind | actions | errors | actions/s | p50 ms | p95 ms | p99 ms | HTTP requests "
+            "| notes |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for kind, row in results["kinds"].items():
+        c, notes = row["counters"], []
+        if "polls" in c:
+            notes.append(f"{c['polls']} polls, {c.get('polls answered 204', 0)} answered 204")
+        if kind == "cb explain grad-cam" and row["count"]:
+            notes.append(f"cache hits {c.get('cache hits', 0) / row['count']:.0%}")
+        notes += [f"{n}× {r}" for r, n in Counter(row["reasons"]).most_common(2)
+                  if "poll 204" not in r]
+        lines.append(f"| {kind} | {row['count']:,} | {row['errors']:,} | {row['rps']:.1f} | "
+                     f"{row['p50']:,.0f} | {row['p95']:,.0f} | {row['p99']:,.0f} | "
+                     f"{row['requests']:,} | {'; '.join(notes)} |")
+    lines.append(f"| **all** | {results['actions']:,} | {results['errors']:,} | "
+                 f"{results['actions_per_s']:.1f} | | | | {results['requests']:,} "
+                 f"({results['throughput_rps']:.1f} req/s) | over {results['seconds']:.0f} s "
+                 f"(drain {results['drain_seconds']:.0f} s) |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -651,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out the kinds that run the model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--markdown", help="also write the per-kind table to this file")
     args = parser.parse_args(argv)
     if args.users < 1 or args.seconds <= 0 or args.users > 500 or args.seconds > 3600:
         parser.error("--users must be 1..500 and --seconds 0..3600")
@@ -726,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
                            kinds_sent=kinds, drain_seconds=max(0.0, elapsed - args.seconds))
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=2))
+            if args.markdown:
+                Path(args.markdown).write_text(markdown(results))
         except BaseException:
             with contextlib.suppress(OSError):
                 sys.stderr.write(log.read_text()[-3000:])
