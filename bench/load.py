@@ -672,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixture-tiles", type=int, default=1000)
     parser.add_argument("--no-model", "--no-segment", action="store_true", dest="no_model",
                         help="leave out the kinds that run the model")
+    parser.add_argument("--kinds", help="comma-separated subset of the kinds to send (default: "
+                        "all; e.g. the pages-and-images mix of the old load test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--markdown", help="also write the per-kind table to this file")
@@ -680,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--users must be 1..500 and --seconds 0..3600")
     if not 1 <= args.workers <= 16 or not 1 <= args.connections <= 16:
         parser.error("--workers and --connections must be 1..16")
+    only = [k.strip() for k in args.kinds.split(",")] if args.kinds else list(WEIGHTS)
+    if not only or set(only) - set(WEIGHTS):
+        parser.error(f"--kinds: pick from {', '.join(WEIGHTS)}")
 
     with tempfile.TemporaryDirectory(prefix="unet-lens-load-") as tmp_name:
         tmp = Path(tmp_name)
@@ -717,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             pages = learn_pages(port, paths)
             mix = Mix(port, run_id, [str(i) for i in ids], xy, pages, args.connections,
                       tuple(args.think), args.action_timeout)
-            if model:  # the evaluation pass, once, before the clock (then it is cached)
+            if model and "cb evaluate" in only:  # the pass, once, before the clock (cached)
                 first = dataclasses.replace(mix, action_timeout=900.0)
                 for _ in range(3):
                     setup = Stats()
@@ -729,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                         break
                     print(f"evaluate warm-up: {dict(setup.reasons['cb evaluate'])}", flush=True)
             print(f"warm-up and page replays {time.time() - t0:.0f} s", flush=True)
-            kinds = [k for k in WEIGHTS if model or k not in MODEL_KINDS]
+            kinds = [k for k in WEIGHTS if k in only and (model or k not in MODEL_KINDS)]
             weights = [WEIGHTS[k] for k in kinds]
             stats = Stats()
             print(f"{args.users} users for {args.seconds:.0f} s ...", flush=True)
