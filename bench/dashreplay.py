@@ -271,6 +271,16 @@ class Replay:
                     out.append((i, mv, [f"{k}.{p}" for k, p in sorted(hit)]))
         return out
 
+    def _apply(self, response: dict, changed: set[Key], found: list[str]) -> None:
+        """Store a callback response's props; note them in ``changed``, new ids in ``found``."""
+        for cid, props in response.items():
+            key = id_str(_parse_id(cid)) if cid.startswith("{") else cid
+            for prop, value in props.items():
+                self.props[(key, prop)] = value
+                changed.add((key, prop))
+                if isinstance(value, (dict, list)):
+                    self._register(value, found)
+
     # ---------------------------------------------------------------- one callback (bench.load)
     def dep(self, output_part: str) -> dict:
         """The server callback whose output string contains ``output_part`` (e.g. an id)."""
@@ -294,13 +304,7 @@ class Replay:
         view.components, view.props = dict(self.components), dict(self.props)
         changed: set[Key] = set()
         found: list[str] = []
-        for cid, props in response.items():
-            key = id_str(_parse_id(cid)) if cid.startswith("{") else cid
-            for prop, value in props.items():
-                view.props[(key, prop)] = value
-                changed.add((key, prop))
-                if isinstance(value, (dict, list)):
-                    view._register(value, found)
+        view._apply(response, changed, found)
         out: dict[tuple[int, str], dict] = {}
         for i, mv, changed_ids in view._triggered(changed) + view._initial(set(found)):
             out.setdefault((i, json.dumps(mv, sort_keys=True)),
@@ -366,14 +370,7 @@ class Replay:
                                                len(data), wire))
                 if r.status_code == 204 or not data:
                     continue
-                response = json.loads(data).get("response", {})
-                for cid, props in response.items():
-                    key = id_str(_parse_id(cid)) if cid.startswith("{") else cid
-                    for prop, value in props.items():
-                        self.props[(key, prop)] = value
-                        changed.add((key, prop))
-                        if isinstance(value, (dict, list)):
-                            self._register(value, new_found)
+                self._apply(json.loads(data).get("response", {}), changed, new_found)
             wave += 1
             add(self._initial(set(new_found)))
             add(self._triggered(changed))

@@ -335,13 +335,21 @@ def callback(browser: Browser, body: dict, stats: Stats, kind: str) -> dict:
         return {}
     if reply.status_code != 200:
         raise ActionError(f"HTTP {reply.status_code}")
-    try:
-        response = json.loads(reply.text())["response"]
-    except (ValueError, KeyError, TypeError):
-        raise ActionError("malformed body") from None
+    response = _json(reply).get("response")
     if not isinstance(response, dict):
         raise ActionError("malformed body")
     return response
+
+
+def _json(reply: Reply) -> dict:
+    """A callback answer's JSON object, or an :class:`ActionError` ("malformed body")."""
+    try:
+        data = json.loads(reply.text())
+    except ValueError:
+        raise ActionError("malformed body") from None
+    if not isinstance(data, dict):
+        raise ActionError("malformed body")
+    return data
 
 
 def background(browser: Browser, dep: dict, body: dict, stats: Stats, kind: str,
@@ -356,10 +364,7 @@ def background(browser: Browser, dep: dict, body: dict, stats: Stats, kind: str,
     if reply.status_code != 200:
         raise ActionError("204 to the job's start" if reply.status_code == 204
                           else f"HTTP {reply.status_code}")
-    try:
-        data = json.loads(reply.text())
-    except ValueError:
-        raise ActionError("malformed body") from None
+    data = _json(reply)
     if "response" in data:
         return data["response"]
     cache_key, job = data.get("cacheKey"), data.get("job")
@@ -384,10 +389,7 @@ def background(browser: Browser, dep: dict, body: dict, stats: Stats, kind: str,
             raise ActionError("poll 204: the job is unknown there (result lost)")
         if reply.status_code != 200:
             raise ActionError(f"poll HTTP {reply.status_code}")
-        try:
-            data = json.loads(reply.text())
-        except ValueError:
-            raise ActionError("malformed poll body") from None
+        data = _json(reply)
         if "response" in data:
             return data["response"]
 
