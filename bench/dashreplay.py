@@ -20,10 +20,14 @@ run once per matching component. Patches are stored as received (not applied).
 This is a benchmark helper, not a renderer: it is faithful for the request pattern (which
 callbacks, with which values, in which order) of pages like Explore, and checks its work by
 requiring every request to answer 200 or 204.
+
+``bench.load`` also builds single callback bodies from a replayed page (:meth:`Replay.body`,
+:meth:`Replay.followups`), so its Dash callbacks are shaped as dash-renderer shapes them.
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import time
@@ -190,25 +194,32 @@ class Replay:
                 return False
         return True
 
-    def _item(self, cid: Any, prop: str) -> dict:
-        value = cid if prop == "id" else self.props.get((id_str(cid), prop))
+    def _item(self, cid: Any, prop: str, overrides: dict[Key, Any] | None = None) -> dict:
+        key = (id_str(cid), prop)
+        if overrides and key in overrides:
+            value = overrides[key]
+        else:
+            value = cid if prop == "id" else self.props.get(key)
         return {"id": cid, "property": prop, "value": value}
 
-    def _values(self, items: list[dict], match_vals: dict | None) -> list:
+    def _values(self, items: list[dict], match_vals: dict | None,
+                overrides: dict[Key, Any] | None = None) -> list:
         out: list = []
         for item in items:
             cid = _parse_id(item["id"])
             wild = _wild(cid)
             if wild == "ALL":
-                out.append([self._item(c, item["property"]) for c in self._concrete(cid)])
+                out.append([self._item(c, item["property"], overrides)
+                            for c in self._concrete(cid)])
             elif wild == "MATCH":
                 (c,) = self._concrete(cid, match_vals)[:1] or [None]
-                out.append(self._item(c, item["property"]))
+                out.append(self._item(c, item["property"], overrides))
             else:
-                out.append(self._item(cid, item["property"]))
+                out.append(self._item(cid, item["property"], overrides))
         return out
 
-    def _body(self, dep: dict, match_vals: dict | None, changed: list[str]) -> dict:
+    def _body(self, dep: dict, match_vals: dict | None, changed: list[str],
+              overrides: dict[Key, Any] | None = None) -> dict:
         outs = []
         for cid, prop in _split_outputs(dep["output"]):
             wild = _wild(cid)
@@ -220,8 +231,9 @@ class Replay:
                 outs.append({"id": cid, "property": prop})
         multi = dep["output"].startswith("..")
         return {"output": dep["output"], "outputs": outs if multi else outs[0],
-                "inputs": self._values(dep["inputs"], match_vals),
-                "state": self._values(dep["state"], match_vals), "changedPropIds": changed}
+                "inputs": self._values(dep["inputs"], match_vals, overrides),
+                "state": self._values(dep["state"], match_vals, overrides),
+                "changedPropIds": changed}
 
     def _input_keys(self, dep: dict, match_vals: dict | None) -> set[Key]:
         keys = set()
@@ -258,6 +270,46 @@ class Replay:
                 if hit and self._present(dep, mv):
                     out.append((i, mv, [f"{k}.{p}" for k, p in sorted(hit)]))
         return out
+
+    def _apply(self, response: dict, changed: set[Key], found: list[str]) -> None:
+        """Store a callback response's props; note them in ``changed``, new ids in ``found``."""
+        for cid, props in response.items():
+            key = id_str(_parse_id(cid)) if cid.startswith("{") else cid
+            for prop, value in props.items():
+                self.props[(key, prop)] = value
+                changed.add((key, prop))
+                if isinstance(value, (dict, list)):
+                    self._register(value, found)
+
+    # ---------------------------------------------------------------- one callback (bench.load)
+    def dep(self, output_part: str) -> dict:
+        """The server callback whose output string contains ``output_part`` (e.g. an id)."""
+        for dep in self.deps:
+            if output_part in dep["output"] and not dep.get("clientside_function"):
+                return dep
+        raise KeyError(f"no server callback outputs {output_part!r}")
+
+    def body(self, dep: dict, values: dict[Key, Any] | None = None,
+             changed: list[str] | None = None, match_vals: dict | None = None) -> dict:
+        """The body dash-renderer POSTs for ``dep`` after a user action: the page's current
+        props (from :meth:`first_load`), ``values`` overriding some, ``changed`` the
+        ``changedPropIds``. Reads the replay's state without changing it (threads may share it)."""
+        return self._body(dep, match_vals, list(changed or []), values)
+
+    def followups(self, response: dict) -> list[dict]:
+        """Bodies of the server callbacks a callback's ``response`` triggers next: those taking
+        a changed prop as input, and the initial callbacks of the components it creates (one
+        level; works on a copy, so threads may share the replay)."""
+        view = copy.copy(self)
+        view.components, view.props = dict(self.components), dict(self.props)
+        changed: set[Key] = set()
+        found: list[str] = []
+        view._apply(response, changed, found)
+        out: dict[tuple[int, str], dict] = {}
+        for i, mv, changed_ids in view._triggered(changed) + view._initial(set(found)):
+            out.setdefault((i, json.dumps(mv, sort_keys=True)),
+                           view._body(self.deps[i], mv, changed_ids))
+        return list(out.values())
 
     def first_load(self, path: str = "/", search: str = "") -> LoadResult:
         result = LoadResult()
@@ -318,14 +370,7 @@ class Replay:
                                                len(data), wire))
                 if r.status_code == 204 or not data:
                     continue
-                response = json.loads(data).get("response", {})
-                for cid, props in response.items():
-                    key = id_str(_parse_id(cid)) if cid.startswith("{") else cid
-                    for prop, value in props.items():
-                        self.props[(key, prop)] = value
-                        changed.add((key, prop))
-                        if isinstance(value, (dict, list)):
-                            self._register(value, new_found)
+                self._apply(json.loads(data).get("response", {}), changed, new_found)
             wave += 1
             add(self._initial(set(new_found)))
             add(self._triggered(changed))

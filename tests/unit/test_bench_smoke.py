@@ -1,16 +1,19 @@
-"""Smoke test of ``python -m bench``: one tiny benchmark end to end into a temp file.
+"""Smoke tests of ``python -m bench`` (one tiny benchmark end to end into a temp file) and of
+``python -m bench.load`` (the real mix for a few seconds).
 
-Asserts the structure of what is appended (header, table columns, one row per size), never the
-timings themselves (the machine is shared).
+Asserts the structure of what is appended (header, table columns, one row per size) and that
+every load kind was sent and answered, never the timings themselves (the machine is shared).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
+from bench import load
 from bench.__main__ import main, run_benchmark
 from bench.common import Table, append_report, extrapolate, fit_exponent
 
@@ -69,3 +72,26 @@ def test_table_and_fits() -> None:
     assert math.isclose(b, math.log(4.5) / math.log(1.5))  # local: the two largest N
     value, b = extrapolate(10, [5], [1.0])
     assert math.isclose(b, 1.0) and math.isclose(value, 2.0)
+
+
+@pytest.mark.slow
+def test_load_mix_sends_every_kind_without_errors(tmp_path: Path) -> None:
+    """2 users, 1 worker, every kind once (``--cover``) then a few seconds of the mix: pages,
+    thumbnails, the API and the four Dash callbacks (background ones polled to their result)."""
+    out = tmp_path / "load.json"
+    rc = load.main(["--users", "2", "--seconds", "2", "--workers", "1", "--cover",
+                    "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert results["model"] and results["workers"] == 1 and results["users"] == 2
+    kinds = results["kinds"]
+    expected = set(load.WEIGHTS) | set(load.FOLLOW_UP.values())
+    assert expected <= set(kinds), expected - set(kinds)
+    for kind in expected:
+        row = kinds[kind]
+        assert row["count"] >= 1 and row["requests"] >= 1, kind
+        assert row["errors"] == 0, (kind, row["reasons"])
+    for kind in ("cb segment upload", "cb evaluate"):  # polled to the result
+        assert kinds[kind]["counters"]["polls"] >= 1, kind
+        assert kinds[kind]["requests"] > kinds[kind]["count"], kind
+    assert kinds["cb segment follow-up"]["count"] >= 2 * kinds["cb segment upload"]["count"]
+    assert results["errors"] == 0 and rc == 0
