@@ -145,6 +145,8 @@ def table_columns() -> list[dict[str, Any]]:
         if kind == "text":
             col["filter"] = "agTextColumnFilter"
             col["cellClass"] = "cell-id" if cid == "tile_id" else "cell-text"
+            if cid == "tile_id":
+                col["flex"] = 3  # ids are long: the widest column
         else:
             col["filter"] = "agNumberColumnFilter"
             col["type"] = "rightAligned"
@@ -199,9 +201,9 @@ def layout(**_: Any) -> html.Div:
     graph = {"config": GRAPH_CONFIG, "style": {"height": f"{GRAPH_HEIGHT}px"}}
     table = dag.AgGrid(
         id=ids.EV_TABLE, columnDefs=table_columns(), rowData=[],
-        getRowId="params.data.id", columnSize="responsiveSizeToFit",
+        getRowId="params.data.id",
         defaultColDef={"sortable": True, "filter": True, "floatingFilter": True,
-                       "resizable": True, "minWidth": 64},
+                       "resizable": True, "minWidth": 64, "flex": 1},
         dashGridOptions={"pagination": True, "paginationPageSize": PAGE_SIZE,
                          "paginationPageSizeSelector": False, "domLayout": "autoHeight",
                          "tooltipShowDelay": 300, "animateRows": False},
