@@ -232,7 +232,7 @@ class ResilientRedisCache(BaseCache):
         self._errors = _redis_errors()
         self._lock = threading.Lock()
         self._down_since: float | None = None
-        self._retry_at = 0.0
+        self._last_try = 0.0  # when Redis was last tried while down
         self._error: str | None = None
         self._local_used = False
         self._failures = _OncePerKind()
@@ -241,11 +241,15 @@ class ResilientRedisCache(BaseCache):
     def factory(cls, app: Any, config: dict[str, Any], args: list[Any],
                 kwargs: dict[str, Any]) -> ResilientRedisCache:
         from flask_caching.backends.rediscache import RedisCache
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         timeout = float(config.get("UNET_LENS_REDIS_TIMEOUT") or REDIS_TIMEOUT)
+        # No retries inside redis-py: the breaker below decides when Redis is tried again.
         config = {**config, "CACHE_OPTIONS": {
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
-            "retry_on_timeout": False, **(config.get("CACHE_OPTIONS") or {})}}
+            "retry_on_timeout": False, "retry": Retry(NoBackoff(), 0),
+            **(config.get("CACHE_OPTIONS") or {})}}
         primary = RedisCache.factory(app, config, list(args), dict(kwargs))
         local_dir = config.get("UNET_LENS_LOCAL_CACHE_DIR")
         default_timeout = kwargs.get("default_timeout", DEFAULT_TIMEOUT)
@@ -269,9 +273,9 @@ class ResilientRedisCache(BaseCache):
             if self._down_since is None:
                 return True
             now = time.monotonic()
-            if now < self._retry_at:
+            if now - self._last_try < REDIS_RETRY_SECONDS:
                 return False
-            self._retry_at = now + REDIS_RETRY_SECONDS  # the others keep to the fallback
+            self._last_try = now  # this call retries; the others keep to the fallback
             return True
 
     def _up(self) -> None:
@@ -288,7 +292,7 @@ class ResilientRedisCache(BaseCache):
             now = time.monotonic()
             if self._down_since is None:
                 self._down_since = now
-            self._retry_at = now + REDIS_RETRY_SECONDS
+            self._last_try = now
             self._error = why
         if self._failures.first(_kind(exc)):
             log.warning("Redis cache at %s is unreachable (%s): using %s, retrying every %g s "
