@@ -251,7 +251,7 @@ class ModelCheck:
     key: tuple | None  # the model file's (size, mtime, inode) then; None when it was missing
 
 
-_checks: dict[str, ModelCheck] = {}
+_checks: dict[tuple[str, str], ModelCheck] = {}  # (model store, run id) → last check
 #: The forward pass that proves a loaded model works: one grey image of this side (a multiple
 #: of the U-Net's pooling factor), answered in milliseconds once the graph is traced.
 PROOF_SIDE = 32
@@ -266,22 +266,25 @@ def _model_key(run_id: str) -> tuple | None:
 
 
 def _record(run_id: str, state: str, reason: str) -> None:
-    _checks[run_id] = ModelCheck(state, reason, _model_key(run_id))
     if state == "failed":
         log.warning("model run %s cannot be used: %s", run_id, reason)
+        lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
+        reason = (lines[0] if lines else "unknown error")[:300]
+    _checks[(str(config.MODEL_STORE), run_id)] = ModelCheck(state, reason, _model_key(run_id))
 
 
 def model_check(run_id: str | None) -> ModelCheck | None:
-    """This process's last load-and-run of ``run_id``, or None when there was none or the
-    file has changed since (then a new warm-up is started, when warm-ups are on)."""
+    """This process's last load-and-run of ``run_id``, or None when there was none, or when it
+    failed and the file has changed since (a new warm-up is then started, when warm-ups are on:
+    the next load reads the new file). A model that loaded keeps serving until a restart."""
     if not run_id:
         return None
-    found = _checks.get(run_id)
+    found = _checks.get((str(config.MODEL_STORE), run_id))
     if found is None:
         return None
-    if found.key != _model_key(run_id):
-        if found.state != "loading" and config.WARM_UP and not _warm_up_running():
-            start_warm_up()  # the file was replaced: prove the new one
+    if found.state == "failed" and found.key != _model_key(run_id):
+        if config.WARM_UP and not _warm_up_running():
+            start_warm_up()  # the file was replaced: try (and prove) the new one
         return None
     return found
 
@@ -361,8 +364,8 @@ def start_warm_up() -> threading.Thread | None:
             log.info("model %s warm: %s", info.run_id,
                      ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
         except Exception as exc:  # noqa: BLE001 - a warm-up must never take the server down
-            if model_id is not None and _checks.get(model_id, ModelCheck("", "", None)).state \
-                    == "loading":
+            check = _checks.get((str(config.MODEL_STORE), model_id or ""))
+            if check is not None and check.state == "loading":
                 _record(model_id, "failed", f"{type(exc).__name__}: {exc}")
             else:
                 log.exception("model warm-up failed")
