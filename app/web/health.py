@@ -232,12 +232,14 @@ def temp_dir_warning() -> str | None:
 
 
 def cache_dir_warning(folder: str, problem: str) -> str:
+    """What will not work when the cache folder cannot be written."""
     return (f"Cache folder {folder} cannot be written ({problem}): uploads cannot be reopened "
-            "(Grad-CAM of an upload, downloads say \"upload the image again\") and computed "
-            "values are not kept.")
+            "(Grad-CAM of an upload and its download ask to upload the image again) and "
+            "computed values are not kept.")
 
 
 def redis_warning(url: str, error: str | None, fallback: str) -> str:
+    """What will not work while Redis does not answer."""
     shared = ("results are not shared between workers; values are recomputed"
               if fallback.startswith("no cache") else
               "results are not shared with other servers (this one uses " + fallback + ")")
@@ -272,6 +274,11 @@ def cache_info(flask_app: Any | None = None) -> dict[str, Any]:
         if problem:
             info["ok"] = False
             warnings.append(cache_dir_warning(found.path, problem))
+    return _finish_info(info, warnings)
+
+
+def _finish_info(info: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """``info`` as ``/healthz`` shows it: the URL without its password, the warnings listed."""
     if info.get("url"):
         info["url"] = web_cache.redact(str(info["url"]))
     info.pop("local_dir", None)
@@ -306,12 +313,7 @@ def planned_cache_info() -> dict[str, Any]:
             fallback = f"the local cache folder {local}" if local else \
                 "no cache (values are recomputed)"
             warnings.append(redis_warning(url, error, fallback))
-    if info.get("url"):
-        info["url"] = web_cache.redact(str(info["url"]))
-    info.pop("local_dir", None)
-    if warnings:
-        info["warnings"] = warnings
-    return info
+    return _finish_info(info, warnings)
 
 
 # --------------------------------------------------------------------------- the check
