@@ -172,14 +172,16 @@ def serve_preflight(args: argparse.Namespace) -> bool:
     """Check the artifacts once before serving and print what is missing; True when ready.
 
     Problems and warnings go to stderr (``problem: ...`` / ``warning: ...``), so a person sees
-    at start-up what the dashboard's banner and ``/healthz`` will say.
+    at start-up what the dashboard's banner and ``/healthz`` will say; then one line per check
+    (model, cache with Redis reachability, temp folder) and ``ready:`` go to stdout.
     """
     from app.web import health, runs
 
     runs.configure(embeddings_run=args.embeddings_run, model_run=args.model_run)
     report = health.preflight()
     for line in health.describe(report):
-        print(line, file=sys.stderr if not line.startswith("ready:") else sys.stdout, flush=True)
+        bad = line.startswith(("problem:", "warning:"))
+        print(line, file=sys.stderr if bad else sys.stdout, flush=True)
     if not report.ready:
         print("The server starts anyway: pages show what is missing and /healthz answers 503 "
               "until it is fixed.", file=sys.stderr, flush=True)

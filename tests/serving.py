@@ -221,8 +221,9 @@ def writes(opened: list[tuple[str, str, int]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throw-away ``redis-server`` on a free loopback port (no persistence): its URL.
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A throw-away ``redis-server`` on a free loopback port (or ``port``, to restart one that
+    was stopped), with no persistence: its URL.
 
     Skips the test when the binary is missing, but fails under CI, which must install it.
     """
@@ -235,7 +236,7 @@ def redis_server() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed (CI must install it)")
         pytest.skip("redis-server is not installed")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -7,23 +7,28 @@ serves, degraded: ``/healthz`` answers 200 with ``"status": "degraded"``):
 
 - problems: no embeddings run; a run that cannot be read (manifest, ``tiles.parquet``,
   ``reduced/coords.parquet``, ``vectors.npy``); no model run; a model file that is missing, is not
-  a Keras archive or whose SHA-256 differs from its manifest;
-- warnings: the model's SHA-256 differs from the one the embeddings were made with (maps and
-  vectors may not match the model's outputs); a reducer that cannot be loaded (new images cannot
-  be placed on that map); a cache that fell back to a temp dir or to no cache at all, or an
-  unreachable Redis.
+  a Keras archive or whose SHA-256 differs from its manifest; a model that this process's
+  warm-up could not load or run (``app.web.runs.model_check``: a tiny forward pass);
+- warnings, each saying what will not work: the model's SHA-256 differs from the one the
+  embeddings were made with (maps and vectors may not match the model's outputs); a reducer that
+  cannot be loaded (new images cannot be placed on that map); a cache that fell back to a temp dir
+  or to no cache at all; an unreachable Redis; a cache or temp folder that cannot be written (a
+  real write-and-delete probe, remembered for :data:`PROBE_TTL_SECONDS`).
 
-It never imports TensorFlow (the model file is hashed, not loaded) and is cheap to call often:
-file hashes are remembered per (path, size, mtime, inode) and a report is reused for
-:data:`TTL_SECONDS`. :func:`preflight` is the thorough variant run once by ``serve`` before it
-starts: it also unpickles each reducer with ``app.ml.reduce.load_reducer`` (hash-checked first).
+It never imports TensorFlow itself (the model file is hashed; the warm-up thread loads and runs
+it, and this reports what that found) and is cheap to call often: file hashes are remembered per
+(path, size, mtime, inode) and a report is reused for :data:`TTL_SECONDS`. :func:`preflight` is
+the thorough variant run once by ``serve`` before it starts: it also unpickles each reducer with
+``app.ml.reduce.load_reducer`` (hash-checked first) and checks the cache ``serve`` will use.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -39,6 +44,7 @@ from app.artifacts import ArtifactError
 from app.fsutil import sha256_file
 from app.ml import registry
 from app.ml.reduce import ReducerLoadError, load_reducer, reducer_files
+from app.web import cache as web_cache
 from app.web import runs
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,8 @@ bp = Blueprint("unet_lens_health", __name__)
 
 #: A report is reused this long (``/healthz`` and the page banner may be hit often).
 TTL_SECONDS = 2.0
-REDIS_TTL_SECONDS = 5.0
+#: A folder's write probe and a Redis PING are reused this long.
+PROBE_TTL_SECONDS = 5.0
 
 _hashes: dict[str, tuple[tuple[int, int, int], str]] = {}
 #: model run → ((size, mtime, inode, expected SHA-256), the SHA-256 verified): a model file
@@ -56,7 +63,7 @@ _verified: dict[str, tuple[tuple, str]] = {}
 _hash_lock = threading.Lock()
 _memo: dict[tuple, tuple[float, Report]] = {}
 _memo_lock = threading.Lock()
-_redis_state: dict[str, tuple[float, str | None]] = {}
+_probes: dict[str, tuple[float, str | None]] = {}
 
 
 @dataclass
@@ -70,6 +77,9 @@ class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     reducers: dict[str, str] = field(default_factory=dict)  # method → "ok" or why not
+    #: What this process's warm-up found: "ok", "loading", "failed" or "not loaded".
+    model_state: str = "not loaded"
+    cache: dict[str, Any] = field(default_factory=dict)  # ``cache_info()``
 
     @property
     def ready(self) -> bool:
@@ -86,14 +96,21 @@ class Report:
 
 
 def tidy(message: str) -> str:
-    """Shorten the configured roots in a message (``/srv/x/model_store/run`` → ``model_store/run``)."""
+    """Shorten the configured roots in a message (``/srv/x/model_store/run`` → ``model_store/run``).
+
+    A root is replaced only where it is a whole path prefix (followed by ``/`` or the end of
+    the path), so ``/srv/x`` never eats into ``/srv/xyz`` or a folder named like it.
+    """
     roots = {
         str(config.MODEL_STORE): "model_store",
         str(runs.embeddings_root()): "embeddings",
         str(config.REPO_ROOT): ".",
     }
     for root, short in sorted(roots.items(), key=lambda kv: -len(kv[0])):
-        message = message.replace(root + os.sep, short + "/").replace(root, short)
+        if not root or root == os.sep:
+            continue
+        pattern = r"(?<![\w./-])" + re.escape(root) + r"(?=/|[.,;:]?(?![\w.-]))"
+        message = re.sub(pattern, lambda _m, short=short: short, message)
     return message
 
 
@@ -188,42 +205,115 @@ def _reduced_methods(run: artifacts.EmbeddingsRun) -> list[str]:
     return [m for m in methods if m in registry.REDUCERS]
 
 
-def _redis_problem(url: str) -> str | None:
-    """Why Redis at ``url`` does not answer (remembered for a few seconds), or None."""
+def _memo_probe(key: str, probe: Any) -> str | None:
+    """``probe()`` (why something does not work, or None), reused for a few seconds."""
     now = time.monotonic()
-    cached = _redis_state.get(url)
-    if cached is not None and now - cached[0] < REDIS_TTL_SECONDS:
+    cached = _probes.get(key)
+    if cached is not None and now - cached[0] < PROBE_TTL_SECONDS:
         return cached[1]
-    try:
-        import redis  # an optional dependency, only with a Redis cache
-
-        redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
-        problem = None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        problem = f"Redis cache at {_redact(url)} does not answer ({type(exc).__name__}); values are recomputed."
-    _redis_state[url] = (now, problem)
+    problem = probe()
+    _probes[key] = (now, problem)
     return problem
 
 
-def _redact(url: str) -> str:
-    """A Redis URL without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+def folder_problem(folder: str | Path) -> str | None:
+    """Why a file cannot be written to and deleted from ``folder`` now (memoised), or None."""
+    return _memo_probe(f"dir:{folder}", lambda: web_cache.write_probe(Path(folder)))
+
+
+def temp_dir_warning() -> str | None:
+    """What will not work when the temp folder cannot be written, or None."""
+    folder = tempfile.gettempdir()
+    problem = folder_problem(folder)
+    if problem is None:
+        return None
+    return (f"Temp folder {folder} cannot be written ({problem}): libraries that need temp "
+            "files (TensorFlow, numba, Python's tempfile) may fail.")
+
+
+def cache_dir_warning(folder: str, problem: str) -> str:
+    """What will not work when the cache folder cannot be written."""
+    return (f"Cache folder {folder} cannot be written ({problem}): uploads cannot be reopened "
+            "(Grad-CAM of an upload and its download ask to upload the image again) and "
+            "computed values are not kept.")
+
+
+def redis_warning(url: str, error: str | None, fallback: str) -> str:
+    """What will not work while Redis does not answer."""
+    shared = ("results are not shared between workers; values are recomputed"
+              if fallback.startswith("no cache") else
+              "results are not shared with other servers (this one uses " + fallback + ")")
+    return (f"Redis unreachable at {web_cache.redact(url)} ({error or 'no answer'}): {shared}; "
+            f"retried every {web_cache.REDIS_RETRY_SECONDS:g} s.")
 
 
 def cache_info(flask_app: Any | None = None) -> dict[str, Any]:
-    """The cache the app runs with (set by ``create_app``): type, and a warning if degraded."""
+    """The cache the app runs with (set by ``create_app``): type, whether it works now, and
+    ``warnings`` saying what does not (Redis reachability, the folder's write probe)."""
     flask_app = flask_app or (current_app._get_current_object() if current_app else None)
     info = dict((flask_app.config.get("UNET_LENS_CACHE") if flask_app else None) or {})
-    if info.get("type") == "RedisCache" and info.get("url"):
-        problem = _redis_problem(str(info["url"]))
-        info["ok"] = problem is None
+    found = web_cache.backend(flask_app) if flask_app else None
+    warnings = [info.pop("warning")] if info.get("warning") else []
+    if isinstance(found, web_cache.ResilientRedisCache):
+        error = _memo_probe(f"redis:{id(found)}", found.ping)
+        status = found.status()
+        info["reachable"] = error is None
+        info["fallback"] = status["fallback"]
+        if error is not None:
+            info["ok"] = False
+            warnings.append(redis_warning(status["url"], error, status["fallback"]))
+        else:
+            info["ok"] = True
+        local_dir = info.get("local_dir")
+        if error is not None and local_dir:
+            problem = folder_problem(local_dir)
+            if problem:
+                warnings.append(cache_dir_warning(local_dir, problem))
+    elif isinstance(found, web_cache.SafeFileSystemCache):
+        problem = folder_problem(found.path) or found.problem(within=PROBE_TTL_SECONDS * 6)
         if problem:
-            info["warning"] = problem
-    info.pop("url", None)
+            info["ok"] = False
+            warnings.append(cache_dir_warning(found.path, problem))
+    return _finish_info(info, warnings)
+
+
+def _finish_info(info: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """``info`` as ``/healthz`` shows it: the URL without its password, the warnings listed."""
+    if info.get("url"):
+        info["url"] = web_cache.redact(str(info["url"]))
+    info.pop("local_dir", None)
+    if warnings:
+        info["warnings"] = warnings
     return info
+
+
+def planned_cache_info() -> dict[str, Any]:
+    """What :func:`cache_info` will say once ``serve``'s workers bind the cache (no app)."""
+    from app.web.server import usable_cache_config  # server imports this module
+
+    _, info = usable_cache_config(web_cache.default_config(), quiet=True)
+    warnings = [info.pop("warning")] if info.get("warning") else []
+    if info.get("type") == "RedisCache" and info.get("url"):
+        url = str(info["url"])
+
+        def ping() -> str | None:
+            try:
+                import redis  # an optional dependency, only with a Redis cache
+
+                t = web_cache.REDIS_TIMEOUT
+                redis.Redis.from_url(url, socket_timeout=t, socket_connect_timeout=t).ping()
+            except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+                return f"{type(exc).__name__}: {exc}"
+            return None
+
+        error = ping()
+        info["ok"] = info["reachable"] = error is None
+        if error is not None:
+            local = info.get("local_dir")
+            fallback = f"the local cache folder {local}" if local else \
+                "no cache (values are recomputed)"
+            warnings.append(redis_warning(url, error, fallback))
+    return _finish_info(info, warnings)
 
 
 # --------------------------------------------------------------------------- the check
@@ -244,6 +334,8 @@ def check(*, load_reducers: bool = False, use_memo: bool = True) -> Report:
     report.problems = [tidy(m) for m in report.problems]
     report.warnings = [tidy(m) for m in report.warnings]
     report.reducers = {k: tidy(v) for k, v in report.reducers.items()}
+    if report.cache.get("warnings"):
+        report.cache["warnings"] = [tidy(m) for m in report.cache["warnings"]]
     with _memo_lock:
         _memo.clear()
         _memo[key] = (now, report)
@@ -286,6 +378,13 @@ def _check(load_reducers: bool) -> Report:
             report.model_sha256 = check_model(model_run)
         except ArtifactError as exc:
             report.problems.append(str(exc))
+        proof = runs.model_check(model_run)
+        report.model_state = proof.state if proof is not None else "not loaded"
+        if proof is not None and proof.state == "failed" and report.model_sha256:
+            report.problems.append(
+                f"Model run {model_run!r} cannot be loaded or run: {proof.reason} "
+                "Explain, Segment and Evaluate cannot work; replace the model file "
+                "(`python -m app train`, or `python -m app demo`).")
     if run is not None and report.model_sha256:
         expected = run.manifest.get("model_sha256")
         if model_run != run.model_run:
@@ -305,10 +404,11 @@ def _check(load_reducers: bool) -> Report:
                 report.warnings.append(
                     f"The {method} reducer cannot be loaded, so new images cannot be placed on "
                     f"that map: {problem}")
-    if current_app:
-        cache = cache_info()
-        if cache.get("warning"):
-            report.warnings.append(str(cache["warning"]))
+    report.cache = cache_info() if current_app else planned_cache_info()
+    report.warnings.extend(report.cache.get("warnings", []))
+    temp = temp_dir_warning()
+    if temp:
+        report.warnings.append(temp)
     return report
 
 
@@ -319,7 +419,7 @@ def forget() -> None:
     with _hash_lock:
         _hashes.clear()
         _verified.clear()
-    _redis_state.clear()
+    _probes.clear()
 
 
 def tensorflow_info() -> str | dict[str, Any]:
@@ -335,18 +435,47 @@ def tensorflow_info() -> str | dict[str, Any]:
 
 
 def preflight() -> Report:
-    """The thorough check ``serve`` runs once before it starts (reducers are really loaded)."""
+    """The thorough check ``serve`` runs once before it starts: reducers are really loaded,
+    Redis is pinged and the cache and temp folders get a real write (outside any app)."""
     return check(load_reducers=True, use_memo=False)
 
 
 def describe(report: Report) -> list[str]:
-    """Lines for a terminal: ``problem: ...`` / ``warning: ...``, or one ``ready: ...`` line."""
+    """Lines for a terminal: ``problem: ...`` and ``warning: ...``, then one line per check
+    (``model:``, ``cache:``, ``temp:``), then ``ready: ...`` when the server can serve."""
     lines = [f"problem: {m}" for m in report.problems]
     lines += [f"warning: {m}" for m in report.warnings]
-    if not lines:
+    if report.model_run and report.model_sha256:
+        proof = ("each worker loads it and runs a tiny forward pass at warm-up (/healthz "
+                 "answers 503 if that fails)" if config.WARM_UP else
+                 "warm-up is off (UNET_LENS_WARM_UP=0): /healthz checks the file's hash only")
+        lines.append(f"model: run {report.model_run}, SHA-256 {report.model_sha256[:12]} "
+                     f"matches its manifest; {proof}")
+    lines.append(f"cache: {_cache_line(report.cache)}")
+    folder = tempfile.gettempdir()
+    temp = folder_problem(folder)
+    lines.append(f"temp: {folder} " + (f"cannot be written ({temp})" if temp else "writable"))
+    if report.ready:
+        state = (f"degraded ({len(report.warnings)} warning"
+                 f"{'s' if len(report.warnings) != 1 else ''} above)" if report.warnings else "ok")
         lines.append(f"ready: embeddings run {report.embeddings_run}, model run "
-                     f"{report.model_run} ({(report.model_sha256 or '')[:12]})")
+                     f"{report.model_run} ({(report.model_sha256 or '')[:12]}), {state}")
     return lines
+
+
+def _cache_line(info: dict[str, Any]) -> str:
+    kind = info.get("type")
+    if kind == "RedisCache":
+        where = f"Redis at {info.get('url', '?')}"
+        if info.get("reachable"):
+            return f"{where} answers (shared by every worker)"
+        return f"{where} does not answer: see the warning above"
+    if kind == "FileSystemCache":
+        state = "writable" if info.get("ok") else "see the warning above"
+        return f"folder {info.get('dir')} ({state})"
+    if kind == "NullCache":
+        return "none (values are recomputed): see the warning above"
+    return str(kind or "not configured")
 
 
 # --------------------------------------------------------------------------- /healthz
@@ -360,12 +489,13 @@ def healthz() -> tuple[Response, int]:
         "status": report.status,
         "ready": report.ready,
         "version": app_pkg.__version__,
-        "model": {"run": report.model_run,
+        "model": {"run": report.model_run, "state": report.model_state,
                   "sha256": report.model_sha256[:12] if report.model_sha256 else None},
         "embeddings": {"run": report.embeddings_run, "tiles": report.tiles},
         "reducers": report.reducers,
         "tensorflow": tensorflow_info(),
-        "cache": cache_info(),
+        "cache": report.cache,
+        "temp_dir": {"ok": temp_dir_warning() is None},
         "pid": os.getpid(),
         "problems": report.problems,
         "warnings": report.warnings,
@@ -378,7 +508,6 @@ def healthz() -> tuple[Response, int]:
 
 
 __all__ = [
-    "Report", "bp", "cache_info", "check", "check_model", "describe", "file_sha256", "forget",
-    "healthz",
-    "preflight", "reducer_problem", "tensorflow_info", "tidy",
+    "Report", "bp", "cache_info", "check", "check_model", "describe", "file_sha256",
+    "folder_problem", "forget", "healthz", "planned_cache_info", "preflight", "reducer_problem", "tensorflow_info", "tidy",
 ]

@@ -72,7 +72,8 @@ def navbar() -> html.Header:
 
 
 def health_banner() -> html.Div | None:
-    """What is missing or inconsistent (from ``health.check``), or None when all is well."""
+    """What is missing, inconsistent or not working (``health.check``: the same problems and
+    warnings as ``/healthz``), or None when all is well."""
     try:
         report = health.check()
     except Exception:  # noqa: BLE001 - the banner must never break the page
@@ -80,8 +81,8 @@ def health_banner() -> html.Div | None:
         return None
     if report.ready and not report.warnings:
         return None
-    title = ("The dashboard cannot show everything: some artifacts are missing or unreadable."
-             if not report.ready else "Running with warnings.")
+    title = ("Not ready: the dashboard cannot show everything until this is fixed."
+             if not report.ready else "Running degraded: what will not work, and why.")
     items = [html.Li(m) for m in report.problems + report.warnings]
     return html.Div([html.Strong(title), html.Ul(items)], role="alert",
                     className="health-banner " + ("health-problem" if not report.ready

@@ -227,6 +227,7 @@ def model_for(run: EmbeddingsRun | None) -> ModelInfo:
     try:
         sha = service.sha256  # loads the model (hash-checked) on first use
     except (ArtifactError, OSError, ValueError) as exc:
+        _record(run_id, "failed", str(exc))
         return ModelInfo(None, run_id, message=f"Cannot load model run {run_id!r}: {exc}")
     warning = ""
     if run is not None:
@@ -238,9 +239,75 @@ def model_for(run: EmbeddingsRun | None) -> ModelInfo:
     return ModelInfo(service, run_id, warning=warning)
 
 
+# --------------------------------------------------------------------------- model proof
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What this process found when it last loaded a model run and ran it once."""
+
+    state: str  # "loading", "ok" (loaded and a tiny forward pass worked) or "failed"
+    reason: str  # why it failed, or what was proven
+    key: tuple | None  # the model file's (size, mtime, inode) then; None when it was missing
+
+
+_checks: dict[tuple[str, str], ModelCheck] = {}  # (model store, run id) → last check
+#: The forward pass that proves a loaded model works: one grey image of this side (a multiple
+#: of the U-Net's pooling factor), answered in milliseconds once the graph is traced.
+PROOF_SIDE = 32
+
+
+def _model_key(run_id: str) -> tuple | None:
+    try:
+        st = (artifacts.model_dir(run_id) / "model.keras").stat()
+    except (OSError, ArtifactError):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _record(run_id: str, state: str, reason: str) -> None:
+    if state == "failed":
+        log.warning("model run %s cannot be used: %s", run_id, reason)
+        lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
+        reason = (lines[0] if lines else "unknown error")[:300]
+    _checks[(str(config.MODEL_STORE), run_id)] = ModelCheck(state, reason, _model_key(run_id))
+
+
+def model_check(run_id: str | None) -> ModelCheck | None:
+    """This process's last load-and-run of ``run_id``, or None when there was none, or when it
+    failed and the file has changed since (a new warm-up is then started, when warm-ups are on:
+    the next load reads the new file). A model that loaded keeps serving until a restart."""
+    if not run_id:
+        return None
+    found = _checks.get((str(config.MODEL_STORE), run_id))
+    if found is None:
+        return None
+    if found.state == "failed" and found.key != _model_key(run_id):
+        if config.WARM_UP and not _warm_up_running():
+            start_warm_up()  # the file was replaced: try (and prove) the new one
+        return None
+    return found
+
+
+def prove_model(service: inference.ModelService) -> str:
+    """Run a tiny forward pass and check its output; what was proven, or ``ValueError``."""
+    side = PROOF_SIDE
+    out = service.predict_batch(np.full((1, side, side, 3), 128.0, np.float32))
+    if out.shape != (1, side, side):
+        raise ValueError(f"a {side}x{side} image gave an output of shape {tuple(out.shape)}, "
+                         f"not (1, {side}, {side}).")
+    if not np.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+        raise ValueError(f"a {side}x{side} image gave values outside [0, 1] (or NaN).")
+    return f"loaded, and a {side}x{side} forward pass gave a probability map"
+
+
 #: Set at interpreter exit: the warm-up stops at its next step (see :func:`_finish_warm_up`).
 _warm_up_stop = threading.Event()
 _warm_up_threads: list[threading.Thread] = []
+
+
+def _warm_up_running() -> bool:
+    return any(t.is_alive() for t in _warm_up_threads)
 
 
 def _finish_warm_up(timeout: float = 120.0) -> None:
@@ -260,25 +327,32 @@ atexit.register(_finish_warm_up)
 
 
 def start_warm_up() -> threading.Thread | None:
-    """Warm the default run's model (``ModelService.warm_up``) and its reducers in a daemon
-    thread, so the first Grad-CAM or upload does not pay for graph tracing or numba's JIT. Off
-    with ``UNET_LENS_WARM_UP=0``.
+    """Load the default run's model and prove it works (:func:`prove_model`: a tiny forward
+    pass, whose outcome ``/healthz`` reports: a model that fails makes the server not ready),
+    then warm it (``ModelService.warm_up``) and its reducers in a daemon thread, so the first
+    Grad-CAM or upload does not pay for graph tracing or numba's JIT. Off with
+    ``UNET_LENS_WARM_UP=0`` (``/healthz`` then relies on the file's hash alone).
 
-    Failures are logged, never raised: the pages report a missing or broken model themselves.
+    Failures are logged in one line, never raised: the pages report a broken model themselves.
     """
     if not config.WARM_UP:
         return None
 
     def work() -> None:
+        model_id = None
         try:
             started = time.perf_counter()
             run = get_run(default_run_id())
-            info = model_for(run)  # loads the model
+            model_id = model_run_for(run)
+            if model_id is not None:
+                _record(model_id, "loading", "")
+            info = model_for(run)  # loads the model (a failure is recorded)
             if info.service is None:
                 log.warning("warm-up skipped: %s", info.message)
                 return
             if _warm_up_stop.is_set():
                 return
+            _record(str(info.run_id), "ok", prove_model(info.service))
             timings = {"load": time.perf_counter() - started, **{
                 k: v for k, v in info.service.warm_up().items() if k != "load"}}
             if run is not None and len(run.vectors) and not _warm_up_stop.is_set():
@@ -289,8 +363,12 @@ def start_warm_up() -> threading.Thread | None:
                 timings["reducers"] = time.perf_counter() - started
             log.info("model %s warm: %s", info.run_id,
                      ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
-        except Exception:  # noqa: BLE001 - a warm-up must never take the server down
-            log.exception("model warm-up failed")
+        except Exception as exc:  # noqa: BLE001 - a warm-up must never take the server down
+            check = _checks.get((str(config.MODEL_STORE), model_id or ""))
+            if check is not None and check.state == "loading":
+                _record(model_id, "failed", f"{type(exc).__name__}: {exc}")
+            else:
+                log.exception("model warm-up failed")
 
     thread = threading.Thread(target=work, name="model-warm-up", daemon=True)
     _warm_up_threads[:] = [t for t in _warm_up_threads if t.is_alive()] + [thread]
@@ -371,8 +449,8 @@ def tile_truth(run: EmbeddingsRun, tile_id: str) -> np.ndarray | None:
 
 
 __all__ = [
-    "ModelInfo", "Vectors", "configure", "default_run_id", "embeddings_root", "get_run",
-    "list_embeddings_runs", "model_for", "model_run", "model_run_for", "run_error",
-    "run_version", "start_warm_up", "tile_dataset", "tile_image", "tile_truth", "vectors",
+    "ModelCheck", "ModelInfo", "Vectors", "configure", "default_run_id", "embeddings_root", "get_run",
+    "list_embeddings_runs", "model_check", "model_for", "model_run", "model_run_for", "run_error",
+    "prove_model", "run_version", "start_warm_up", "tile_dataset", "tile_image", "tile_truth", "vectors",
     "wanted_run_id",
 ]

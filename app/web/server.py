@@ -30,7 +30,14 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from app import config
 from app.web import api, health, images
-from app.web.cache import cache, default_config
+from app.web.cache import (
+    FILE_BACKEND,
+    REDIS_BACKEND,
+    cache,
+    default_config,
+    file_config,
+    write_probe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,31 +195,42 @@ def _handle_unexpected(exc: Exception) -> Any:
     return response
 
 
-def usable_cache_config(cfg: dict) -> tuple[dict, dict[str, Any]]:
+def usable_cache_config(cfg: dict, *, quiet: bool = False) -> tuple[dict, dict[str, Any]]:
     """``(config, info)``: a ``FileSystemCache`` whose folder cannot be written falls back to a
-    per-user temp folder, then to a ``NullCache``, with a logged warning in ``info``."""
+    per-user temp folder, then to a ``NullCache``, with a logged warning in ``info``.
+
+    File and Redis caches are bound as their safe variants (``app.web.cache``): a failed file
+    write leaves no temp file; Redis gets short timeouts and, while it does not answer, the
+    local folder above (or no cache) instead.
+    """
     cache_type = cfg.get("CACHE_TYPE", "")
     info: dict[str, Any] = {"type": cache_type, "ok": True}
     if cache_type == "RedisCache":
         info["url"] = cfg.get("CACHE_REDIS_URL")
-        return cfg, info
+        _, local_info = usable_cache_config(file_config(), quiet=True)
+        info["local_dir"] = local_info.get("dir") if local_info["type"] == "FileSystemCache" \
+            else None
+        return {**cfg, "CACHE_TYPE": REDIS_BACKEND,
+                "UNET_LENS_LOCAL_CACHE_DIR": info["local_dir"]}, info
     if cache_type != "FileSystemCache":
         return cfg, info
     wanted = Path(cfg.get("CACHE_DIR") or config.CACHE_DIR)
     problem = _unwritable(wanted)
     if problem is None:
         info["dir"] = str(wanted)
-        return cfg, info
+        return {**cfg, "CACHE_TYPE": FILE_BACKEND}, info
     fallback = Path(tempfile.gettempdir()) / f"unet-lens-cache-{os.getuid()}"
     if _unwritable(fallback, private=True) is None:
         info.update(ok=False, dir=str(fallback), warning=(
             f"Cache folder {wanted} cannot be written ({problem}); using {fallback} instead."))
-        log.warning("%s", info["warning"])
-        return {**cfg, "CACHE_DIR": str(fallback)}, info
+        if not quiet:
+            log.warning("%s", info["warning"])
+        return {**cfg, "CACHE_TYPE": FILE_BACKEND, "CACHE_DIR": str(fallback)}, info
     info.update(type="NullCache", ok=False, warning=(
         f"Cache folder {wanted} cannot be written ({problem}), nor {fallback}; running "
         "without a cache (values are recomputed)."))
-    log.warning("%s", info["warning"])
+    if not quiet:
+        log.warning("%s", info["warning"])
     return {"CACHE_TYPE": "NullCache", "CACHE_NO_NULL_WARNING": True}, info
 
 
@@ -228,11 +246,9 @@ def _unwritable(folder: Path, *, private: bool = False) -> str | None:
             st = folder.lstat()
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
                 return "not a private folder of this user"
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
-            pass
     except OSError as exc:
         return exc.strerror or type(exc).__name__
-    return None
+    return write_probe(folder)
 
 
 #: JSON responses larger than this are gzipped when the browser accepts it.

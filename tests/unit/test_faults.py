@@ -82,7 +82,10 @@ def test_the_intact_site_is_ready(site, client_for, capsys) -> None:
     assert r.status_code == 200 and r.json["status"] == "ok", r.json
     assert "health-banner" not in client.get("/_dash-layout").data.decode()
     code, out = _check(capsys)
-    assert code == 0 and out.startswith("ready: embeddings run served-run, model run fake-model")
+    assert code == 0 and "ready: embeddings run served-run, model run fake-model" in out
+    # every check is printed at start, not only "ready:"
+    assert "\nmodel: run fake-model, SHA-256" in "\n" + out and "\ncache: folder " in out
+    assert "\ntemp: " in out and "problem:" not in out and "warning:" not in out
 
 
 # --------------------------------------------------------------------------- model file
@@ -283,7 +286,9 @@ def test_unreachable_redis_is_degraded_not_down(site, client_for, monkeypatch) -
                          "CACHE_KEY_PREFIX": "unet-lens:"})
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json["status"] == "degraded"
-    assert r.json["cache"]["ok"] is False and "does not answer" in r.json["warnings"][0]
+    assert r.json["cache"]["ok"] is False and r.json["cache"]["reachable"] is False
+    assert r.json["warnings"][0].startswith(f"Redis unreachable at {url} (")
+    assert "results are not shared" in r.json["warnings"][0]
     # memoized values fall back to computing them
     assert client.get(f"/api/points?run={RUN}&method=pca&k=7").status_code == 200
 

@@ -71,3 +71,28 @@ def test_redis_cache_stores_cluster_labels(fixture_root, redis_url: str, monkeyp
     assert source == "re-clustered" and len(set(labels.tolist())) == 8
     keys = redis.Redis.from_url(redis_url).keys("unet-lens:*")
     assert keys, "nothing was written to Redis"
+
+
+def test_caches_are_bound_as_their_safe_variants(fixture_root, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    """A file cache whose writes clean up after themselves; Redis behind a breaker with short
+    timeouts and the local folder as its fallback."""
+    from app import config
+    from app.web import cache as web_cache
+    from tests.serving import free_port
+
+    root, _ = fixture_root
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path / "local")
+    app = built_app(embeddings_root=root, cache_config={
+        "CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(tmp_path / "cache")})
+    assert isinstance(web_cache.backend(app.server), web_cache.SafeFileSystemCache)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app = built_app(embeddings_root=root, cache_config={
+        "CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": url})
+    found = web_cache.backend(app.server)
+    assert isinstance(found, web_cache.ResilientRedisCache)
+    assert isinstance(found.local, web_cache.SafeFileSystemCache)
+    assert found.local.path == str(tmp_path / "local")
+    with app.server.app_context():
+        assert cache.set("x", 1) and cache.get("x") == 1  # Redis is down: the local folder
+    assert found.status()["reachable"] is False and any((tmp_path / "local").iterdir())
