@@ -105,13 +105,15 @@ def _security_headers(response: Response) -> Response:
 
 
 def _csp_hook(app: Dash) -> Any:
-    """An ``after_request`` hook adding the CSP, computed once all callbacks are registered."""
-    holder: dict[str, str] = {}
+    """An ``after_request`` hook adding the CSP, computed for each response.
+
+    Not once per process: a clientside callback registered after the first response (a module
+    imported on first use) would be missing from a memoised policy, and the browser would
+    refuse its inline script. Hashing Dash's few inline scripts costs microseconds.
+    """
 
     def add_csp(response: Response) -> Response:
-        if "csp" not in holder:
-            holder["csp"] = content_security_policy(app)
-        response.headers.setdefault("Content-Security-Policy", holder["csp"])
+        response.headers.setdefault("Content-Security-Policy", content_security_policy(app))
         return response
 
     return add_csp

@@ -141,10 +141,11 @@ def table_columns() -> list[dict[str, Any]]:
     """AG Grid column definitions of the per-tile table (worst IoU first)."""
     cols = []
     for cid, name, kind in ev.TABLE_COLUMNS:
-        col: dict[str, Any] = {"field": cid, "headerName": name}
+        col: dict[str, Any] = {"field": cid, "headerName": name, "headerTooltip": name}
         if kind == "text":
             col["filter"] = "agTextColumnFilter"
             col["cellClass"] = "cell-id" if cid == "tile_id" else "cell-text"
+            col["minWidth"] = 96
             if cid == "tile_id":
                 col["flex"] = 3  # ids are long: the widest column
         else:
@@ -203,7 +204,8 @@ def layout(**_: Any) -> html.Div:
         id=ids.EV_TABLE, columnDefs=table_columns(), rowData=[],
         getRowId="params.data.id",
         defaultColDef={"sortable": True, "filter": True, "floatingFilter": True,
-                       "resizable": True, "minWidth": 64, "flex": 1},
+                       "resizable": True, "minWidth": 84, "flex": 1,
+                       "wrapHeaderText": True, "autoHeaderHeight": True},
         dashGridOptions={"pagination": True, "paginationPageSize": PAGE_SIZE,
                          "paginationPageSizeSelector": False, "domLayout": "autoHeight",
                          "tooltipShowDelay": 300, "animateRows": False},
@@ -240,7 +242,7 @@ def layout(**_: Any) -> html.Div:
             ], className="lens-row-2 lens-row-even"),
             html.Div([
                 components.panel("Per tile", table, hint="click a row · sort by a header · "
-                              "filter with e.g. < 0.5 or santa", cls="table-panel"),
+                              "filter: type in a column's box (numbers: e.g. 0.5, then pick less than)", cls="table-panel"),
                 components.panel("Tile", dcc.Loading(html.Div(
                     components.empty_state("Click a row", "The tile and its TP / FP / FN "
                                            "overlay appear here."), id=ids.EV_DETAIL),
