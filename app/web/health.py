@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -86,14 +87,24 @@ class Report:
 
 
 def tidy(message: str) -> str:
-    """Shorten the configured roots in a message (``/srv/x/model_store/run`` → ``model_store/run``)."""
+    """Shorten the configured roots in a message (``/srv/x/model_store/run`` → ``model_store/run``).
+
+    A root is replaced only where it is a whole path: at the start of one (not inside
+    ``/tmp/srv/x``) and ending at a separator or the path's end (not ``/srv/x-cache``), so
+    other paths in the message (a cache fallback under /tmp) are quoted as they are.
+    """
     roots = {
         str(config.MODEL_STORE): "model_store",
         str(runs.embeddings_root()): "embeddings",
         str(config.REPO_ROOT): ".",
     }
     for root, short in sorted(roots.items(), key=lambda kv: -len(kv[0])):
-        message = message.replace(root + os.sep, short + "/").replace(root, short)
+        root = root.rstrip("/\\")
+        if not root:  # "/" would be every path
+            continue
+        pattern = re.compile(r"(?<![\w.~/\\-])" + re.escape(root) + r"(?:[/\\]|(?![\w~-]|\.\w))")
+        message = pattern.sub(lambda m, s=short: s + ("/" if m.group(0)[-1] in "/\\" else ""),
+                              message)
     return message
 
 
