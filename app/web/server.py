@@ -97,8 +97,8 @@ def content_security_policy(app: Dash) -> str:
 
 #: Browser features the dashboard never uses, switched off for it and anything it embeds.
 PERMISSIONS_POLICY = ", ".join(f"{feature}=()" for feature in (
-    "camera", "microphone", "geolocation", "payment", "usb", "serial", "bluetooth", "midi",
-    "magnetometer", "gyroscope", "accelerometer", "display-capture", "interest-cohort",
+    "camera", "microphone", "geolocation", "payment", "usb", "serial", "midi",
+    "magnetometer", "gyroscope", "accelerometer", "display-capture",
 ))
 
 
@@ -223,7 +223,9 @@ def _handle_http_error(exc: HTTPException) -> Any:
     file is counted there as base64 (the page's script shows it as the upload message).
     """
     if not _wants_json():
-        return exc
+        page = exc.get_response()  # a plain response: the path scrub can read its body
+        page.headers["Cache-Control"] = "no-store"
+        return page
     limit = fmt_bytes(config.MAX_UPLOAD_BYTES)
     too_large = (f"request body larger than {config.MAX_UPLOAD_BYTES:,} bytes.")
     if exc.code == 413 and _is_callback_route():
