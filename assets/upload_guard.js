@@ -7,7 +7,9 @@
  *    dropzone's own (extension or MIME type in `accept`), so nothing it would drop silently
  *    gets past without a message.
  * 2. After upload: a 413 from Dash's callback route (a page served before the limit changed,
- *    or a browser that skipped step 1) is shown in the same place, with the server's message.
+ *    or a browser that skipped step 1) is shown in the same place, with the server's message,
+ *    and handed to the renderer as a 204 (no update), which it does not log as a failure.
+ *    A connection the server closed on the refused body gets a message too.
  *
  * The server checks everything again (app/web/uploads.py). No inline script: the CSP holds.
  */
@@ -110,31 +112,43 @@
     var realFetch = window.fetch;
     if (!realFetch) { return; }
 
-    function tooLarge(response, body) {
-        if (typeof body !== 'string') { return; }
+    /* The upload box whose contents this callback request carries, or null. */
+    function sender(body) {
+        if (typeof body !== 'string') { return null; }
         var boxes = document.querySelectorAll(GUARD);
         for (var i = 0; i < boxes.length; i++) {
             var id = boxes[i].getAttribute('data-upload-id');
-            if (id && body.indexOf('"' + id + '.contents"') >= 0) {
-                var box = boxes[i];
-                response.json().then(function (data) {
-                    return data && data.error;
-                }, function () { return null; }).then(function (text) {
-                    say(box, text || ('The file is too large: the upload limit is ' +
-                        fmtBytes(parseInt(box.getAttribute('data-max-bytes') || '0', 10)) + '.'));
-                });
-                return;
-            }
+            if (id && body.indexOf('"' + id + '.contents"') >= 0) { return boxes[i]; }
         }
+        return null;
+    }
+
+    function limitText(box) {
+        return fmtBytes(parseInt(box.getAttribute('data-max-bytes') || '0', 10));
     }
 
     window.fetch = function (input, init) {
         var result = realFetch.apply(this, arguments);
         var url = typeof input === 'string' ? input : (input && input.url) || '';
         if (url.indexOf('_dash-update-component') < 0) { return result; }
+        var box = sender(init && init.body);
+        if (!box) { return result; }
         return result.then(function (response) {
-            if (response.status === 413) { tooLarge(response.clone(), init && init.body); }
+            if (response.status === 413) {
+                response.clone().json().then(function (data) {
+                    return data && data.error;
+                }, function () { return null; }).then(function (text) {
+                    say(box, text || ('The file is too large: the upload limit is ' +
+                        limitText(box) + '.'));
+                });
+                // said in the page: to the renderer it is "no update", not a failed callback
+                return new Response(null, {status: 204, statusText: 'No Content'});
+            }
             return response;
+        }, function (error) {  // the server closed the connection on a body it refused
+            say(box, 'The upload did not reach the server (the connection was closed). ' +
+                'Files over ' + limitText(box) + ' are refused; check your connection and try again.');
+            throw error;
         });
     };
 })();
