@@ -279,8 +279,10 @@ class _RawTiff:
         colormap: np.ndarray | None,
         has_alpha: bool,
         bits: int,
+        pages: int = 1,
     ) -> None:
         self.arr = arr
+        self.pages = pages  # images in the series (pages, planes...): bands are pages × samples
         self.bits = bits
         self.photometric = photometric
         self.colormap = colormap
@@ -356,6 +358,8 @@ def _read_tiff_unchecked(
                 f"{name}: could not decode TIFF pixel data, the file is "
                 f"truncated or corrupt ({exc})."
             ) from exc
+        pages = int(np.prod([n for ax, n in zip(axes, arr.shape, strict=False)
+                             if ax not in "YXS"], dtype=np.int64))
         yi, xi = axes.index("Y"), axes.index("X")
         arr = np.moveaxis(arr, (yi, xi), (0, 1)).reshape(height, width, -1)
         if arr.shape[2] == 0:
@@ -366,7 +370,8 @@ def _read_tiff_unchecked(
         if arr.dtype == np.bool_:
             arr = arr.astype(np.uint8)
         bits = int(np.max(key.bitspersample))
-        return _RawTiff(arr, int(key.photometric), colormap, bool(key.extrasamples), bits)
+        return _RawTiff(arr, int(key.photometric), colormap, bool(key.extrasamples), bits,
+                        pages=max(1, pages))
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -385,8 +390,18 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _tiff_to_rgb(raw: _RawTiff, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    rgb, notes = _page_to_rgb(raw, name)
+    if raw.pages > 1:  # a multi-page TIFF: its first page is the image, said in pages
+        inner = notes.get("bands")
+        notes["bands"] = f"used page 1 of {raw.pages}" + (f" ({inner})" if inner else "")
+    return rgb, notes
+
+
+def _page_to_rgb(raw: _RawTiff, name: str) -> tuple[np.ndarray, dict[str, Any]]:
     P = tifffile.PHOTOMETRIC
     arr = raw.arr
+    if raw.pages > 1 and arr.shape[2] % raw.pages == 0:
+        arr = arr[..., : arr.shape[2] // raw.pages]  # the first page's samples
     bands = arr.shape[2]
     notes: dict[str, Any] = {}
     if arr.dtype.kind == "c":

@@ -14,9 +14,11 @@ from urllib.parse import urlencode
 
 from dash import dcc, html, no_update
 
-from app.artifacts import EmbeddingsRun
+from app import config
+from app.artifacts import ArtifactError, EmbeddingsRun
+from app.data.imageio import PIL_FORMATS
 from app.ml.metrics import ERROR_COLOURS
-from app.web import ids, runs
+from app.web import health, ids, runs
 from app.web.images import img_url
 from app.web.logic.tiles import available_methods, tile_record
 from app.web.theme import DAMAGE_COLOURS, DAMAGE_ORDER, cluster_colour
@@ -69,6 +71,19 @@ def run_gate(run: EmbeddingsRun | None, what: str, *, info: runs.ModelInfo | Non
             ["Compute them with ", html.Code(f"python -m app reduce {run.run_id}"), "."])
     if info is not None and not info.ok:
         return empty_state(f"No model to {what} with", info.message)
+    return None
+
+
+def vectors_problem(run: EmbeddingsRun) -> str | None:
+    """Why the run's stored vectors cannot be read (missing or damaged ``vectors.npy``), or None.
+
+    The maps need only ``tiles.parquet``; neighbours and re-clustering need the vectors, so a
+    page says what is missing instead of failing (and spinning) on it.
+    """
+    try:
+        run.vectors  # noqa: B018 - memory-mapped once per run
+    except (ArtifactError, OSError) as exc:
+        return health.tidy(str(exc))
     return None
 
 
@@ -447,6 +462,52 @@ def colour_key(items: list[tuple[str, str]]) -> html.Div:
     return html.Div([html.Span([html.I(style={"background": colour}), label],
                                className="damage-key") for colour, label in items],
                     className="lens-key")
+
+
+# --------------------------------------------------------------------------- uploads
+
+#: How each accepted decoder format is named to a user.
+_FORMAT_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "TIFF": "TIFF", "BMP": "BMP", "WEBP": "WebP"}
+
+
+def upload_formats() -> tuple[list[str], list[str]]:
+    """(file extensions, MIME types) of every format the decoder (and so the API) accepts, from
+    ``imageio.PIL_FORMATS`` and Pillow's own registries: the upload boxes never drift from it."""
+    from PIL import Image
+
+    Image.init()
+    exts = sorted(ext for ext, fmt_ in Image.registered_extensions().items() if fmt_ in PIL_FORMATS)
+    mimes = sorted({Image.MIME[f] for f in PIL_FORMATS if f in Image.MIME})
+    return exts, mimes
+
+
+def upload_formats_text() -> str:
+    """"PNG, JPEG, TIFF, BMP or WebP": the accepted formats in words."""
+    names = [_FORMAT_NAMES.get(f, f) for f in PIL_FORMATS]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def upload_box(upload_id: str, message_id: str, children: Any, *, cls: str = "upload-box",
+               max_bytes: int | None = None) -> html.Div:
+    """A ``dcc.Upload`` for images, checked in the browser before anything is sent.
+
+    ``assets/upload_guard.js`` reads the wrapper's ``data-*`` attributes: a file of another
+    format, an empty one or one over ``max_bytes`` (default ``config.MAX_UPLOAD_BYTES``) is
+    stopped before it is read, with a message in ``message_id``, so no callback is sent; a 413
+    from the callback route (a page older than the limit) is shown there too. The server still
+    checks everything again (``uploads.parse_upload``).
+    """
+    limit = config.MAX_UPLOAD_BYTES if max_bytes is None else int(max_bytes)
+    exts, mimes = upload_formats()
+    accept = ",".join(exts + mimes)
+    return html.Div(
+        dcc.Upload(id=upload_id, multiple=False, accept=accept, max_size=-1, className=cls,
+                   children=children),
+        className="upload-guard",
+        **{"data-upload-guard": "1", "data-upload-id": upload_id,
+           "data-message-id": message_id, "data-max-bytes": str(limit),
+           "data-accept": accept, "data-formats": upload_formats_text()},
+    )
 
 
 def timing_text(ms: float, device: str, cached: bool, compute_ms: float | None = None) -> str:

@@ -98,8 +98,9 @@ class Report:
 def tidy(message: str) -> str:
     """Shorten the configured roots in a message (``/srv/x/model_store/run`` → ``model_store/run``).
 
-    A root is replaced only where it is a whole path prefix (followed by ``/`` or the end of
-    the path), so ``/srv/x`` never eats into ``/srv/xyz`` or a folder named like it.
+    A root is replaced only where it is a whole path: at the start of one (not inside
+    ``/tmp/srv/x``) and ending at a separator or the path's end (not ``/srv/x-cache``), so
+    other paths in the message (a cache fallback under /tmp) are quoted as they are.
     """
     roots = {
         str(config.MODEL_STORE): "model_store",
@@ -107,10 +108,12 @@ def tidy(message: str) -> str:
         str(config.REPO_ROOT): ".",
     }
     for root, short in sorted(roots.items(), key=lambda kv: -len(kv[0])):
-        if not root or root == os.sep:
+        root = root.rstrip("/\\")
+        if not root:  # "/" would be every path
             continue
-        pattern = r"(?<![\w./-])" + re.escape(root) + r"(?=/|[.,;:]?(?![\w.-]))"
-        message = re.sub(pattern, lambda _m, short=short: short, message)
+        pattern = re.compile(r"(?<![\w.~/\\-])" + re.escape(root) + r"(?:[/\\]|(?![\w~-]|\.\w))")
+        message = pattern.sub(lambda m, s=short: s + ("/" if m.group(0)[-1] in "/\\" else ""),
+                              message)
     return message
 
 

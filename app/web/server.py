@@ -17,8 +17,12 @@ import io
 import logging
 import math
 import os
+import re
 import stat
+import sys
+import sysconfig
 import tempfile
+import traceback
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote
@@ -38,6 +42,7 @@ from app.web.cache import (
     file_config,
     write_probe,
 )
+from app.web.uploads import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +102,61 @@ def content_security_policy(app: Dash) -> str:
     ])
 
 
+#: Browser features the dashboard never uses, switched off for it and anything it embeds.
+PERMISSIONS_POLICY = ", ".join(f"{feature}=()" for feature in (
+    "camera", "microphone", "geolocation", "payment", "usb", "serial", "midi",
+    "magnetometer", "gyroscope", "accelerometer", "display-capture",
+))
+
+
 def _security_headers(response: Response) -> Response:
+    """Security headers on every response; HTML and the layout are never reused from a cache
+    (they carry the run list, the model's state and Dash's script hashes of this build)."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
+    if response.mimetype == "text/html" or (request.path or "").endswith(
+            ("/_dash-layout", "/_dash-dependencies")):
+        response.headers.setdefault("Cache-Control", "no-store")
+    if response.status_code >= 400:
+        _scrub_error_body(response)
     return response
+
+
+#: Error bodies larger than this are left as they are (they are not ours: ours are short).
+SCRUB_MAX_BYTES = 64 * 1024
+
+
+def _scrub_error_body(response: Response) -> None:
+    """Absolute server paths in an error response become short names (``model_store/...``).
+
+    Our own messages already say "model_store/run"; this catches whatever a library put in an
+    exception text on its way to an error page.
+    """
+    if response.direct_passthrough or response.is_streamed or response.mimetype not in (
+            "text/html", "text/plain", "application/json"):
+        return
+    data = response.get_data()
+    if len(data) > SCRUB_MAX_BYTES:
+        return
+    text = data.decode("utf-8", "replace")
+    clean = hide_paths(text)
+    if clean != text:
+        response.set_data(clean.encode("utf-8"))
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with no absolute path of this server: the stores and the repository become
+    short names (:func:`health.tidy`), and the interpreter's, temp and home folders ``…``."""
+    text = health.tidy(text)
+    others = {sys.prefix, sys.base_prefix, sysconfig.get_paths().get("purelib", ""),
+              tempfile.gettempdir(), os.path.expanduser("~")}
+    for root in sorted((r.rstrip("/") for r in others if r and r.rstrip("/")), key=len,
+                       reverse=True):
+        text = re.sub(r"(?<![\w.~/-])" + re.escape(root) + r"(?=/|(?![\w~-]|\.\w))", "…",
+                      text)
+    return text
 
 
 def _csp_hook(app: Dash) -> Any:
@@ -171,23 +226,59 @@ def _wants_json() -> bool:
 
 
 def _handle_http_error(exc: HTTPException) -> Any:
-    """404, 405, 413, ...: JSON under /api (and for JSON clients), Werkzeug's page otherwise."""
+    """404, 405, 413, ...: JSON under /api (and for JSON clients), Werkzeug's page otherwise.
+
+    A 413 says which limit: the upload limit in bytes, and on Dash's callback route that the
+    file is counted there as base64 (the page's script shows it as the upload message).
+    """
     if not _wants_json():
-        return exc
+        page = exc.get_response()  # a plain response: the path scrub can read its body
+        page.headers["Cache-Control"] = "no-store"
+        return page
+    limit = fmt_bytes(config.MAX_UPLOAD_BYTES)
+    too_large = (f"request body larger than {config.MAX_UPLOAD_BYTES:,} bytes.")
+    if exc.code == 413 and _is_callback_route():
+        too_large = (f"The file is too large: the upload limit is {limit} "
+                     "(UNET_LENS_MAX_UPLOAD_BYTES). Crop or compress the image and try again.")
     message = {
-        404: "not found.", 405: "method not allowed.",
-        413: f"request body larger than {config.MAX_UPLOAD_BYTES:,} bytes.",
+        404: "not found.", 405: "method not allowed.", 413: too_large,
     }.get(exc.code or 0, (exc.description or exc.name or "error").split("\n")[0])
     response = jsonify({"error": message})
     response.status_code = exc.code or 500
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 
+def _is_callback_route() -> bool:
+    return (request.path or "").endswith("/_dash-update-component")
+
+
+#: Exceptions that a callback raises on an input of the wrong type or form (``int("../..")``,
+#: ``None + 1``): answered 400 on the callback route, never 500.
+INPUT_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError)
+
+#: Longest exception text (and request summary) a log record carries.
+LOG_TEXT_MAX = 300
+
+
 def _handle_unexpected(exc: Exception) -> Any:
-    """Any other exception: logged with its traceback, answered with a plain "internal error"."""
+    """Any other exception: logged with a bounded summary, answered with a plain "internal error".
+
+    On Dash's callback route a ``TypeError`` / ``ValueError`` is bad input, not a server fault:
+    the browser only sends values of the declared components, so these come from crafted or
+    stale payloads (``clusters-k="../../etc"``). They answer 400 with a short message, and are
+    logged as a warning with the same bounded summary (a real bug still shows in the log).
+    """
     if isinstance(exc, HTTPException):
         return _handle_http_error(exc)
-    log.error("unhandled exception on %s %s", request.method, request.path, exc_info=exc)
+    if _is_callback_route() and isinstance(exc, INPUT_ERRORS):
+        log.warning("bad callback input on %s: %s", request.path, error_summary(exc))
+        response = jsonify({"error": f"invalid callback input ({type(exc).__name__})."})
+        response.status_code = 400
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    log.error("unhandled exception on %s %s (%s): %s\n%s", request.method, request.path,
+              _body_summary(), error_summary(exc), _short_traceback(exc))
     if _wants_json():
         response = jsonify({"error": "internal error"})
     else:
@@ -195,6 +286,40 @@ def _handle_unexpected(exc: Exception) -> Any:
     response.status_code = 500
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _clip(text: str, limit: int = LOG_TEXT_MAX) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def error_summary(exc: BaseException) -> str:
+    """``"ValueError: <at most LOG_TEXT_MAX characters>"``: an exception text can quote a whole
+    request value (100 KB), so the log gets its start and its length only."""
+    return f"{type(exc).__name__}: {_clip(str(exc))}"
+
+
+def _body_summary() -> str:
+    """The request body described, never quoted: its size and type (and a callback's output)."""
+    size = request.content_length
+    parts = [f"body {size:,} bytes" if size is not None else "no body"]
+    if request.mimetype:
+        parts.append(request.mimetype)
+    if _is_callback_route():
+        payload = request.get_json(silent=True, cache=True)
+        if isinstance(payload, dict) and isinstance(payload.get("output"), str):
+            parts.append(f"output {_clip(payload['output'], 120)}")
+    return ", ".join(parts)
+
+
+#: Frames of the traceback kept in a log record (the innermost ones).
+LOG_FRAMES = 12
+
+
+def _short_traceback(exc: BaseException) -> str:
+    """The innermost frames of the traceback (file, line, function, source line): where it
+    failed, without the exception text again and without local values."""
+    frames = traceback.extract_tb(exc.__traceback__)[-LOG_FRAMES:]
+    return "".join(traceback.format_list(frames)).rstrip()
 
 
 def usable_cache_config(cfg: dict, *, quiet: bool = False) -> tuple[dict, dict[str, Any]]:
@@ -283,6 +408,7 @@ def _gzip_json(response: Response) -> Response:
 
 
 __all__ = [
-    "GZIP_MIN_BYTES", "InMemoryUploadRequest", "content_security_policy", "dash_callback_limit",
-    "harden", "usable_cache_config",
+    "GZIP_MIN_BYTES", "INPUT_ERRORS", "InMemoryUploadRequest", "PERMISSIONS_POLICY",
+    "content_security_policy", "dash_callback_limit", "error_summary", "harden", "hide_paths",
+    "usable_cache_config",
 ]

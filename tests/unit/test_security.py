@@ -406,3 +406,130 @@ else:  # pragma: no cover
         if os.environ.get("CI"):
             pytest.fail("hypothesis is not installed (pinned in requirements.txt)")
         pytest.skip("hypothesis is not installed: pip install -r requirements.txt")
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+def _callback_payload(dep: dict, values: dict[str, object]) -> dict:
+    """A ``/_dash-update-component`` body for one callback of ``/_dash-dependencies``."""
+    def item(spec: dict) -> dict:
+        key = f"{spec['id']}.{spec['property']}"
+        return {"id": spec["id"], "property": spec["property"],
+                **({"value": values[key]} if key in values else {})}
+
+    out = dep["output"]
+    outs = out.strip(".").split("...") if out.startswith("..") else [out]
+    outputs = [{"id": o.rsplit(".", 1)[0], "property": o.rsplit(".", 1)[1]} for o in outs]
+    inputs = [item(i) for i in dep["inputs"]]
+    return {"output": out, "outputs": outputs if out.startswith("..") else outputs[0],
+            "inputs": inputs, "state": [item(s) for s in dep["state"]],
+            "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"]}
+
+
+def test_wrong_callback_types_are_400_not_500(client, caplog) -> None:
+    """``clusters-k="../../etc"`` and friends: a short 400, nothing quoted back, a bounded log."""
+    from app.web import ids
+
+    deps = client.get("/_dash-dependencies").json
+    junk = "../../etc" + "A" * 100_000
+    statuses = []
+    with caplog.at_level("WARNING", logger="app.web.server"):
+        for dep in deps:
+            if not any(i["id"] == ids.CL_K for i in dep["inputs"]):
+                continue
+            r = client.post("/_dash-update-component", json=_callback_payload(
+                dep, {f"{ids.CL_K}.value": junk, f"{ids.RUN}.value": RUN}))
+            statuses.append(r.status_code)
+            assert r.status_code in (200, 204, 400), (dep["output"], r.status_code)
+            assert b"AAAA" not in r.data and b"etc" not in r.data
+            if r.status_code == 400:
+                assert r.json == {"error": "invalid callback input (TypeError)."} or \
+                    r.json["error"].startswith("invalid callback input")
+    assert statuses and 500 not in statuses
+    assert all(len(rec.getMessage()) < 2_000 for rec in caplog.records)
+
+
+def test_500_logs_a_bounded_summary_and_error_bodies_hide_paths(site, caplog) -> None:
+    """An unexpected exception quoting a 100 KB value logs its start, length and frames only;
+    an error body never carries an absolute server path."""
+    from flask import abort
+
+    from app.web.main import create_app
+
+    base, _ = site
+    app = create_app(embeddings_run=RUN, embeddings_root=base / "emb",
+                     cache_config={"CACHE_TYPE": "SimpleCache"})
+
+    def boom() -> str:
+        raise RuntimeError("bad value " + "B" * 100_000)
+
+    def missing() -> str:
+        abort(409, description=f"{config.MODEL_STORE}/x/model.keras and {sys.prefix}/lib are gone")
+
+    def bad_input() -> str:
+        return str(int("../../etc" + "C" * 100_000))
+
+    app.server.add_url_rule("/boom", "boom", boom, methods=["GET", "POST"])
+    # the guard keys on the path's end, as for a dashboard under a prefix
+    app.server.add_url_rule("/x/_dash-update-component", "bad", bad_input, methods=["POST"])
+    app.server.add_url_rule("/missing", "missing", missing)
+    c = app.server.test_client()
+    with caplog.at_level("ERROR", logger="app.web.server"):
+        r = c.post("/boom", data=b"x" * 100_000, content_type="application/octet-stream")
+    assert r.status_code == 500 and b"BBBB" not in r.data
+    (rec,) = [x for x in caplog.records if "unhandled exception" in x.getMessage()]
+    text = rec.getMessage()
+    assert len(text) < 8_000 and "100,000 bytes" in text and "(100,010 characters)" in text
+    assert "in boom" in text and rec.exc_info is None
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="app.web.server"):
+        r = c.post("/x/_dash-update-component", json={"inputs": []})
+    assert r.status_code == 400 and r.json == {"error": "invalid callback input (ValueError)."}
+    (rec,) = caplog.records
+    assert rec.levelname == "WARNING" and len(rec.getMessage()) < 1_000
+    for accept in ("application/json", "text/html"):
+        r = c.get("/missing", headers={"Accept": accept})
+        assert r.status_code == 409
+        body = r.get_data(as_text=True)
+        assert str(config.MODEL_STORE) not in body and sys.prefix not in body
+        assert "model_store/x/model.keras" in body and "…/lib are gone" in body
+
+
+def test_permissions_policy_and_no_store_on_pages(client) -> None:
+    for url in ("/", "/clusters", "/_dash-layout", "/nope", "/assets/style.css", "/healthz"):
+        r = client.get(url)
+        assert "camera=()" in r.headers["Permissions-Policy"], url
+    for url in ("/", "/segment", "/_dash-layout", "/_dash-dependencies"):
+        assert client.get(url).headers["Cache-Control"] == "no-store", url
+    assert client.get("/assets/style.css").headers.get("Cache-Control") != "no-store"
+
+
+def test_413_on_the_callback_route_says_the_upload_limit(client) -> None:
+    from app.web.server import dash_callback_limit
+    from app.web.uploads import fmt_bytes
+
+    limit = dash_callback_limit(config.MAX_UPLOAD_BYTES)
+    r = client.post("/_dash-update-component", data=b" " * (limit + 1),
+                    content_type="application/json")
+    assert r.status_code == 413 and r.headers["Cache-Control"] == "no-store"
+    assert fmt_bytes(config.MAX_UPLOAD_BYTES) in r.json["error"]
+    assert "too large" in r.json["error"]
+
+
+def test_tidy_replaces_whole_paths_only(monkeypatch, tmp_path: Path) -> None:
+    """The cache-fallback warning keeps its /tmp path whole (issue 16: tidy() mangled it)."""
+    from app.web import health, runs
+
+    repo = tmp_path / "srv" / "app"
+    monkeypatch.setattr(config, "REPO_ROOT", repo)
+    monkeypatch.setattr(config, "MODEL_STORE", repo / "model_store")
+    monkeypatch.setattr(runs, "embeddings_root", lambda: repo / "embeddings")
+    fallback = tmp_path / "tmp" / f"{repo}-cache"  # the repository's path inside another
+    msg = (f"Cache folder {repo}/.cache/flask cannot be written (Permission denied); "
+           f"using {fallback} instead.")
+    assert health.tidy(msg) == (
+        f"Cache folder ./.cache/flask cannot be written (Permission denied); using {fallback} "
+        "instead.")
+    assert health.tidy(f"{repo}-old and {repo}.bak stay; {repo}. and {repo}/model_store/r go") \
+        == f"{repo}-old and {repo}.bak stay; .. and model_store/r go"

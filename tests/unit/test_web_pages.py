@@ -240,3 +240,32 @@ def test_empty_embeddings_folder_gives_empty_states(tmp_path: Path) -> None:
     assert runs.default_run_id() is None
     assert explore.run_controls(None, None, None)[-1] == {"display": "none"}
     assert clusters.run_controls(None, None, None)[-3] == {"display": "none"}
+
+
+def test_missing_vectors_give_messages_not_spinners(tmp_path: Path) -> None:
+    """Without vectors.npy the Explore maps still build (they need only tiles.parquet) with a
+    warning that names the file (no absolute path), the detail says why there are no
+    neighbours, and Clusters shows an empty state instead of its "Loading…" graphs."""
+    from tests.fixture_run import make_fixture_run
+
+    run_id = make_fixture_run(tmp_path, n=40, seed=3, run_id="no-vectors")
+    (tmp_path / run_id / "vectors.npy").unlink()
+    built_app(embeddings_run=run_id, embeddings_root=tmp_path,
+              cache_config={"CACHE_TYPE": "SimpleCache"})
+    explore = sys.modules["app.web.pages.explore"]
+    clusters = sys.modules["app.web.pages.clusters"]
+    subtitle, _, colour, _, method, note, style = explore.run_controls(run_id, None, None)
+    assert style == {} and colour and method and "40 tiles" in subtitle
+    text = _text(note)
+    assert "vectors.npy is missing" in text and "lens-msg-warn" in text
+    assert str(tmp_path) not in text and "embeddings/no-vectors/vectors.npy" in text
+    *figs, _, built = explore.update_maps(run_id, method, colour, None, None)
+    assert len(figs[0].data[0].x) == 40 and built["run"] == run_id
+    tid = runs.get_run(run_id).tiles["tile_id"].iat[0]
+    detail = _text(explore.tile_detail(tid, "cosine", run_id))
+    assert "No neighbours" in detail and "vectors.npy is missing" in detail
+    out = clusters.run_controls(run_id, None, None)
+    assert out[-3] == {"display": "none"} and "no readable vectors" in _text(out[-4])
+    assert str(tmp_path) not in _text(out[-4])
+    assert clusters.cluster_map(run_id, 2, "umap", None, None) == (no_update, no_update)
+    assert clusters.silhouette_plot(run_id, 2) is no_update

@@ -137,3 +137,48 @@ def test_size_helpers() -> None:
     assert uploads.safe_name(None) == "upload" and uploads.safe_name("a\\b/c\x00.png") == "c.png"
 
 
+
+
+# ----------------------------------------------------------------------------- issue 16
+
+
+def test_upload_boxes_accept_every_format_the_decoder_reads() -> None:
+    """The boxes' accept list comes from the decoder's formats: PNG, JPEG, TIFF, BMP and WebP
+    pass (an image of each decodes), GIF, SVG and text do not (and say so on the server)."""
+    from app.web import components
+
+    exts, mimes = components.upload_formats()
+    arr = rgb(24, 32, seed=4)
+    for fmt, ext, mime in (("PNG", ".png", "image/png"), ("JPEG", ".jpg", "image/jpeg"),
+                           ("TIFF", ".tif", "image/tiff"), ("BMP", ".bmp", "image/bmp"),
+                           ("WEBP", ".webp", "image/webp")):
+        assert ext in exts and mime in mimes
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, fmt)
+        assert parse_upload(_url(buf.getvalue(), mime), f"x{ext}").shape == (24, 32)
+    for ext in (".gif", ".svg", ".txt"):
+        assert ext not in exts
+    assert components.upload_formats_text() == "PNG, JPEG, TIFF, BMP or WebP"
+    gif = io.BytesIO()
+    Image.fromarray(arr).save(gif, "GIF")
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>'
+    for name, data in (("a.gif", gif.getvalue()), ("b.svg", svg), ("c.txt", b"hello")):
+        with pytest.raises(UploadError, match=name.replace(".", r"\.")) as err:
+            parse_upload(_url(data, "application/octet-stream"), name)
+        assert "expected" in str(err.value)
+    box = components.upload_box("u", "m", "drop").to_plotly_json()["props"]
+    assert box["data-message-id"] == "m" and box["data-upload-id"] == "u"
+    assert box["data-accept"] == ",".join(exts + mimes)
+    assert box["children"].accept == box["data-accept"]
+
+
+def test_multi_page_tiff_says_pages_not_bands() -> None:
+    import tifffile
+
+    pages = np.stack([rgb(20, 24, seed=s) for s in range(3)])
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, pages, photometric="rgb")
+    up = parse_upload(_url(buf.getvalue(), "image/tiff"), "three.tif")
+    assert up.notes["bands"] == "used page 1 of 3"
+    assert np.array_equal(up.image, pages[0])
+    assert "used page 1 of 3" in up.describe()

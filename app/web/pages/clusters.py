@@ -124,6 +124,12 @@ def run_controls(run_id: str | None, method: str | None, label: str | None) -> t
     clusters with, or an empty state."""
     run = runs.get_run(run_id)
     empty = components.run_gate(run, "cluster", maps=True)
+    problem = components.vectors_problem(run) if empty is None else None
+    if problem is not None:  # K-means, silhouettes and the cards all work on the vectors
+        empty = components.empty_state(
+            f"Run {run.run_id} has no readable vectors",
+            [problem, " Clustering needs them: rebuild them with ",
+             html.Code("python -m app embed …"), "."])
     if empty is not None:
         return "", 2, 10, {}, 2, [], None, empty, components.HIDDEN, [], None
     methods = tile_logic.available_methods(run.tiles)
@@ -176,6 +182,8 @@ def _labels(run_id: str | None, k: int | None) -> tuple[Any, str, Any] | None:
     """(run, version, (labels, source)) for a run and k, from the cache; None when unknown."""
     run = runs.get_run(run_id)
     if run is None or not isinstance(k, int) or not 2 <= k <= max(clusters.k_choices(run)):
+        return None
+    if components.vectors_problem(run) is not None:  # said once, by run_controls
         return None
     version = runs.run_version(run)
     labelled = clusters.cached_labels(run.run_id, version, k)

@@ -23,6 +23,7 @@ from typing import Any
 import dash
 from dash import ALL, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
+from app import config
 from app.ml import registry
 from app.ml.inference import image_sha256
 from app.web import components, figures, ids, images, runs, theme, uploads
@@ -61,10 +62,12 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
             html.Div(id=ids.XP_SUGGEST, className="suggest-grid"),
         ], id=ids.XP_TILE_ROW),
         html.Div([
-            dcc.Upload(id=ids.XP_UPLOAD, accept=uploads.ACCEPT_ATTR, multiple=False,
-                       className="upload-box upload-compact",
-                       children=html.Div([html.Span("Drop an image or "),
-                                          html.A("choose a file")])),
+            components.upload_box(
+                ids.XP_UPLOAD, ids.XP_UPLOAD_MSG,
+                html.Div([html.Span("Drop an image or "), html.A("choose a file")],
+                         title=f"{components.upload_formats_text()}, up to "
+                               f"{uploads.fmt_bytes(config.MAX_UPLOAD_BYTES)}"),
+                cls="upload-box upload-compact"),
             html.Div(id=ids.XP_UPLOAD_MSG),
         ], id=ids.XP_UPLOAD_ROW, style={"display": "none"}),
         components.control("Method", dcc.RadioItems(

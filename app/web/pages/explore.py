@@ -155,10 +155,14 @@ def run_controls(run_id: str | None, colour: str | None, method: str | None) -> 
     colour = colour if colour in values else ("cluster" if "cluster" in values else values[0])
     method_options = theme.method_options(methods)
     method = method if method in methods else tile_logic.default_method(methods)
-    dims = run.vectors.shape[1]
-    subtitle = (f"{len(tiles):,} tiles · {dims}-d {run.manifest.get('representation', '')} vectors "
+    problem = components.vectors_problem(run)
+    dims = f"{run.vectors.shape[1]}-d " if problem is None else ""
+    subtitle = (f"{len(tiles):,} tiles · {dims}{run.manifest.get('representation', '')} vectors "
                 f"of layer “{run.layer}” · model {run.manifest.get('model_run', '?')}")
-    return subtitle, options, colour, method_options, method, None, {}
+    note = None if problem is None else components.message(
+        f"{problem} The maps work; nearest neighbours need the vectors (rebuild them with "
+        f"python -m app embed).", "warn")
+    return subtitle, options, colour, method_options, method, note, {}
 
 
 @callback(
@@ -429,14 +433,22 @@ def tile_detail(tile: str | None, metric: str | None, run_id: str | None) -> Any
             "embedding space appear here.")
     metric = metric if metric in ("cosine", "euclidean") else "cosine"
     row = run.index[tile]
-    vec = runs.vectors(run)
-    neighbours = [
-        (tile_logic.tile_record(run.tiles, r), score)
-        for r, score in tile_logic.nearest_neighbours(vec, row, N_NEIGHBOURS, metric)
-    ]
-    return components.detail_panel(
+    problem = components.vectors_problem(run)
+    neighbours: list[tuple[dict[str, Any], float]] = []
+    dims = 0
+    if problem is None:
+        vec = runs.vectors(run)
+        dims = int(vec.data.shape[1])
+        neighbours = [
+            (tile_logic.tile_record(run.tiles, r), score)
+            for r, score in tile_logic.nearest_neighbours(vec, row, N_NEIGHBOURS, metric)
+        ]
+    detail = components.detail_panel(
         run.run_id, runs.run_version(run), tile_logic.tile_record(run.tiles, row), neighbours,
-        metric=metric, dims=int(vec.data.shape[1]),
+        metric=metric, dims=dims,
         has_image=run.file_for("image", tile) is not None,
         has_true=run.file_for("true", tile) is not None,
     )
+    if problem is not None:
+        detail.children.append(components.message(f"No neighbours: {problem}", "warn"))
+    return detail

@@ -109,14 +109,14 @@ def _single_pass_side() -> str:
 def layout(**_: Any) -> html.Div:
     """The page skeleton: upload box, then the results of the last good upload."""
     limit = uploads.fmt_bytes(config.MAX_UPLOAD_BYTES)
-    upload = dcc.Upload(
-        id=ids.SG_UPLOAD, multiple=False, accept=uploads.ACCEPT_ATTR, max_size=-1,
-        className="upload-box",
-        children=html.Div([
+    upload = components.upload_box(
+        ids.SG_UPLOAD, ids.SG_MESSAGE,
+        html.Div([
             html.Div("⇪", className="upload-icon", **{"aria-hidden": "true"}),
             html.Div([html.Span("Drop an aerial image here or "), html.A("choose a file")],
                      className="upload-title"),
-            html.Div(f"{uploads.ACCEPTED} · up to {limit}", className="upload-hint"),
+            html.Div(f"{components.upload_formats_text()} · 8/16-bit · RGB, grayscale, RGBA, "
+                     f"palette or CMYK · up to {limit}", className="upload-hint"),
         ]),
     )
     progress = components.progress_box(ids.SG_PROGRESS, f"{ids.SG_PROGRESS}-label",
