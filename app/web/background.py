@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import os
-import stat
 import tempfile
 import threading
 import time
@@ -142,7 +141,9 @@ class JobStore:
     @classmethod
     def folder(cls, folder: Path) -> JobStore:
         """A file-system store in ``folder`` (made private to this user), or a local one."""
-        problem = _private_folder_problem(folder)
+        from app.web.server import _unwritable  # the app cache's own check (late: no cycle)
+
+        problem = _unwritable(folder, private=True)
         if problem is not None:
             log.warning("Background jobs are kept per worker: %s (%s); with several workers "
                         "their polls can fail.", folder, problem)
@@ -197,21 +198,6 @@ class JobStore:
                       "worker uses its own, so polls reaching another worker fail. Set "
                       "UNET_LENS_SECRET_KEY.", self.where, exc)
         return generate()
-
-
-def _private_folder_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot hold job state (it is unpickled), or None: it must be a real
-    directory of this user that nobody else can write."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = folder.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-            return "not a private folder of this user"
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    return None
 
 
 def _file_secret(path: Path, generate: Callable[[], bytes]) -> bytes:

@@ -34,6 +34,17 @@ def _wait(cond: Any, timeout: float = 10) -> bool:
     return bool(cond())
 
 
+def _slow(steps: list[int], n: int) -> Callable[[Any], str]:
+    """A job of ``n`` steps that reports each one (and records it in ``steps``)."""
+    def slow(set_progress: Any) -> str:
+        for i in range(n):
+            set_progress(i)
+            steps.append(i)
+            time.sleep(0.01)
+        return "finished"
+    return slow
+
+
 def _secret() -> bytes:
     return os.urandom(16).hex().encode()
 
@@ -79,15 +90,7 @@ def test_thread_manager_runs_jobs_with_progress() -> None:
 def test_thread_manager_cancel_stops_at_the_next_progress() -> None:
     m = ThreadManager(max_workers=1)
     steps: list[int] = []
-
-    def slow(set_progress: Any) -> str:
-        for i in range(200):
-            set_progress(i)
-            steps.append(i)
-            time.sleep(0.01)
-        return "finished"
-
-    job = m.call_job_fn("k2", m.make_job_fn(slow, progress=True), [], {})
+    job = m.call_job_fn("k2", m.make_job_fn(_slow(steps, 200), progress=True), [], {})
     _wait(lambda: len(steps) > 3)
     m.terminate_job(job)
     time.sleep(0.1)
@@ -136,15 +139,7 @@ def test_cancel_from_another_worker_stops_the_job(new_store: Callable[[], JobSto
     a = ThreadManager(store=new_store(), beat_s=0.1)
     b = ThreadManager(store=new_store())
     steps: list[int] = []
-
-    def slow(set_progress: Any) -> str:
-        for i in range(500):
-            set_progress(i)
-            steps.append(i)
-            time.sleep(0.02)
-        return "finished"
-
-    job = a.call_job_fn("slow", a.make_job_fn(slow, progress=True), [], {})
+    job = a.call_job_fn("slow", a.make_job_fn(_slow(steps, 500), progress=True), [], {})
     assert _wait(lambda: len(steps) > 2)
     b.terminate_job(job)
     assert not a.job_running(job) and not b.job_running(job)
@@ -185,7 +180,7 @@ DEAD_WORKER = """
 import sys, time
 from pathlib import Path
 from app.web.background import JobStore, ThreadManager
-m = ThreadManager(store=JobStore.folder(Path(sys.argv[1])), lease_s=1, beat_s=0.2)
+m = ThreadManager(store=JobStore.folder(Path(sys.argv[1])), lease_s=3, beat_s=0.3)
 def forever(set_progress):
     while True:
         set_progress(1)
@@ -202,12 +197,12 @@ def test_a_job_whose_worker_died_is_reported_not_polled_forever(tmp_path: Path) 
     try:
         job = proc.stdout.readline().strip()
         b = ThreadManager(store=JobStore.folder(tmp_path / "jobs"))
-        time.sleep(2)  # past the lease: the heartbeat keeps it
+        time.sleep(4)  # past the lease: the heartbeat keeps it
         assert b.job_running(job) and b.get_result("dead", job) is b.UNDEFINED
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    assert _wait(lambda: not b.job_running(job), timeout=5)
+    assert _wait(lambda: not b.job_running(job), timeout=15)
     assert b.get_result("dead", job) == {"background_callback_error": {"msg": LOST_MSG, "tb": ""}}
     b.shutdown()
 
