@@ -40,3 +40,6 @@ WARM_UP = os.environ.get("UNET_LENS_WARM_UP", "1").strip().lower() not in ("0", 
 #: which bounds the activation memory per request (light preset at 1024²: 383 MiB peak RSS growth in one pass, 90 MiB in tiles).
 SINGLE_PASS_MAX_PIXELS = int(os.environ.get("UNET_LENS_SINGLE_PASS_MAX_PIXELS",
                                             str(1024 * 1024)))
+#: Signs background-callback job handles. Unset: one is generated per deployment and kept beside
+#: the cache (or in Redis), shared by every worker; set it when several machines serve together.
+SECRET_KEY = os.environ.get("UNET_LENS_SECRET_KEY") or None
