@@ -249,9 +249,9 @@ def _bomb_message(name: str, exc: Exception, max_pixels: int) -> str:
     limit = min(int(max_pixels), int(Image.MAX_IMAGE_PIXELS or max_pixels))
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{int(found.group(1)):,} pixels" if found else "more pixels than allowed"
-    return (f"{name}: image header claims {size}, over the limit of {limit:,} pixels "
-            "(decompression-bomb guard; raise UNET_LENS_MAX_IMAGE_PIXELS to allow larger "
-            "images). Refused before decoding.")
+    return (f"{name}: image header claims {size}, over the limit of {limit:,} pixels: a "
+            "possible decompression bomb, refused before decoding (raise "
+            "UNET_LENS_MAX_IMAGE_PIXELS to allow larger images).")
 
 
 @contextmanager

@@ -42,8 +42,7 @@ from app.artifacts import ArtifactError
 from app.data.base import DatasetError
 from app.data.imageio import decode_image
 from app.ml import inference, registry
-from app.web import health, runs
-from app.web.gate import INFERENCE, Busy
+from app.web import gate, health, runs
 from app.web.images import png_bytes
 from app.web.logic import clusters
 from app.web.logic import tiles as tile_logic
@@ -254,11 +253,11 @@ def segment() -> Response:
     if failure is not None:
         return failure
     try:
-        with INFERENCE.slot():
+        with gate.INFERENCE.slot():
             return _segment(data, name, service, threshold, fmt)
-    except Busy as exc:
-        response = error(429, f"{exc} Each worker segments {INFERENCE.slots} image"
-                              f"{'s' if INFERENCE.slots != 1 else ''} at a time.")
+    except gate.Busy as exc:
+        response = error(429, f"{exc} Each worker segments {gate.INFERENCE.slots} image"
+                              f"{'s' if gate.INFERENCE.slots != 1 else ''} at a time.")
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

@@ -31,9 +31,8 @@ from app.ml.inference import (
     tile_origins,
 )
 from app.ml.metrics import count_buildings
-from app.web import images, runs, uploads
+from app.web import gate, images, runs, uploads
 from app.web.cache import cache
-from app.web.gate import INFERENCE, Busy
 from app.web.logic.tiles import (
     ColourSpec,
     available_methods,
@@ -216,10 +215,10 @@ class ModelUnavailable(Exception):
     """The run's model cannot be used; ``str(exc)`` is the page's message."""
 
 
-def busy_message(exc: Busy) -> str:
+def busy_message(exc: gate.Busy) -> str:
     """What the page says when the worker's model slots are all taken."""
-    return (f"{exc} Each server process segments {INFERENCE.slots} image"
-            f"{'s' if INFERENCE.slots != 1 else ''} at a time; nothing was lost, upload the "
+    return (f"{exc} Each server process segments {gate.INFERENCE.slots} image"
+            f"{'s' if gate.INFERENCE.slots != 1 else ''} at a time; nothing was lost, upload the "
             "file again then.")
 
 
@@ -227,13 +226,13 @@ def segment_upload(contents: Any, filename: Any, model_info: Any, run: Any,
                    progress: Any = None) -> SegmentResult:
     """Decode and analyse an upload while holding one of the worker's model slots.
 
-    Raises :class:`uploads.UploadError` for a bad file, :class:`Busy` when no slot frees up
+    Raises :class:`uploads.UploadError` for a bad file, :class:`gate.Busy` when no slot frees up
     within ``config.INFER_WAIT_S``, and :class:`ModelUnavailable` with the model's message
     when ``model_info`` says it cannot be used.
     """
     if progress:
         progress(0, 1, "Waiting for a free model slot")
-    with INFERENCE.slot():
+    with gate.INFERENCE.slot():
         if progress:
             progress(0, 1, "Decoding")
         upload = uploads.parse_upload(contents, filename)
@@ -243,7 +242,7 @@ def segment_upload(contents: Any, filename: Any, model_info: Any, run: Any,
 
 
 __all__ = [
-    "OVERLAP", "THRESHOLD", "TILE", "Busy", "ModelUnavailable", "SegmentResult", "analyse", "baselines",
+    "OVERLAP", "THRESHOLD", "TILE", "ModelUnavailable", "SegmentResult", "analyse", "baselines",
     "busy_message", "cache_key", "map_points",
     "mask_iou", "place_upload", "segment_upload", "small_copy", "tiling_description",
 ]

@@ -25,7 +25,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import config
-from app.web import components, figures, ids, images, runs, theme, uploads
+from app.web import components, figures, gate, ids, images, runs, theme, uploads
 from app.web.background import MANAGER
 from app.web.cache import cache
 from app.web.logic import segment as seg
@@ -226,7 +226,7 @@ def segment_upload(set_progress: Any, contents: Any, filename: Any, run_id: str 
         res = seg.segment_upload(contents, filename, info, run, progress=report)
     except uploads.UploadError as exc:
         return (components.message(str(exc)), *keep)
-    except seg.Busy as exc:
+    except gate.Busy as exc:
         return (components.message(seg.busy_message(exc), "warn"), *keep)
     except seg.ModelUnavailable as exc:
         return (components.message(str(exc)), *keep)
