@@ -197,3 +197,27 @@ def test_costly_uploads_are_bounded_on_two_gunicorn_workers(tmp_path: Path) -> N
             assert body["width"] * body["height"] <= budget
             assert "downscaled from 8000×8000" in body["downscaled"]["message"]
     assert health and set(health) == {200}, health
+
+
+# --------------------------------------------------------------------------- Segment page logic
+
+
+def test_the_segment_page_job_says_busy_and_needs_a_slot(monkeypatch) -> None:
+    import base64
+
+    from app.web import gate, runs
+    from app.web.logic import segment as seg
+    from tests.serving import png_bytes
+
+    full = Gate(slots=1, queue=0)
+    monkeypatch.setattr(gate, "INFERENCE", full)
+    contents = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    no_model = runs.ModelInfo(None, None, message="No model run 'x'.")
+    with held(full), pytest.raises(Busy) as info:
+        seg.segment_upload(contents, "roofs.png", no_model, None)
+    text = seg.busy_message(info.value)
+    assert f"try again in {info.value.retry_after} s" in text and "nothing was lost" in text
+    # with a free slot the same call gets as far as the model, and says why it cannot go on
+    with pytest.raises(seg.ModelUnavailable, match="No model run 'x'"):
+        seg.segment_upload(contents, "roofs.png", no_model, None)
+    assert full.snapshot()["running"] == 0 and full.admitted == 2
