@@ -3,8 +3,6 @@ bound for real (gunicorn, 2 workers, flat 8000² PNGs that are legal but costly)
 
 from __future__ import annotations
 
-import io
-import json
 import sys
 import threading
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.web.gate import Busy, Gate
+from bench.cost import flat_png, post
 from tests.serving import (
     free_port,
     get,
@@ -123,28 +122,6 @@ def test_bad_gate_sizes_are_refused(kwargs: dict) -> None:
 # --------------------------------------------------------------------------- gunicorn
 
 
-def flat_png(side: int, value: int) -> bytes:
-    """A flat side × side RGB PNG: a few hundred KB for 8000², 192 MB once decoded."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side), (value, value + 10, value + 20)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def post(url: str, data: bytes, timeout: float = 300) -> tuple[int, dict, dict]:
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "image/png"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback only
-            return r.status, json.loads(r.read()), dict(r.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), dict(exc.headers)
-
-
 def test_costly_uploads_are_bounded_on_two_gunicorn_workers(tmp_path: Path) -> None:
     """Eight flat 8000² PNGs at once on ``serve --workers 2`` with one model slot and no queue
     per worker: every upload is either segmented (downscaled to the budget, and saying so) or
@@ -169,7 +146,7 @@ def test_costly_uploads_are_bounded_on_two_gunicorn_workers(tmp_path: Path) -> N
 
         def upload(data: bytes) -> None:
             start.wait(30)
-            results.append(post(f"{base}/api/segment", data))
+            results.append(post(f"{base}/api/segment", data, timeout=300))
 
         def poll() -> None:
             while not done.is_set():
