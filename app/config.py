@@ -43,3 +43,13 @@ SINGLE_PASS_MAX_PIXELS = int(os.environ.get("UNET_LENS_SINGLE_PASS_MAX_PIXELS",
 #: Signs background-callback job handles. Unset: one is generated per deployment and kept beside
 #: the cache (or in Redis), shared by every worker; set it when several machines serve together.
 SECRET_KEY = os.environ.get("UNET_LENS_SECRET_KEY") or None
+#: Inference budget per request (pixels): an upload with more pixels than this (but within
+#: MAX_IMAGE_PIXELS) is downscaled to fit before it is segmented, and the result says so. 2048²
+#: (4.2 MP) is about 5 s of CPU inference on 2 cores, against ~85 s for a legal 8000² upload.
+MAX_INFER_PIXELS = int(os.environ.get("UNET_LENS_MAX_INFER_PIXELS", str(2048 * 2048)))
+#: Model requests (decode + inference of an upload) run at once per worker process, requests
+#: allowed to wait for one, and how long they wait before a 429 / "busy" message. The rest of a
+#: worker's threads stay free for /healthz, pages and images.
+INFER_SLOTS = int(os.environ.get("UNET_LENS_INFER_SLOTS", "1"))
+INFER_QUEUE = int(os.environ.get("UNET_LENS_INFER_QUEUE", "1"))
+INFER_WAIT_S = float(os.environ.get("UNET_LENS_INFER_WAIT_S", "10"))

@@ -20,11 +20,17 @@ Decisions:
   constant image becomes all 0. Exception: Pillow itself reduces 16-bit *colour* PNGs to 8 bits
   (high byte) while reading; that is recorded in ``notes["scaling"]`` rather than silently hidden.
 * More than 3 bands: bands 1-3 are used as RGB (recorded in ``notes["bands"]``).
+* Downscaling (``fit_pixels``): an image whose header claims more pixels is decoded and then
+  area-averaged (BOX) to the largest size of the same aspect ratio within the budget
+  (:func:`fit_size`); a JPEG is decoded at 1/2, 1/4 or 1/8 scale first (``Image.draft``), so
+  its full-size pixels never exist. Recorded as ``notes["downscaled_from"]`` / ``["downscaled_to"]``.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,7 +55,7 @@ PIL_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 #: file cannot exhaust memory.
 MAX_BANDS = 16
 
-_EXPECTED = "expected a PNG, JPEG or TIFF image"
+_EXPECTED = "expected a PNG, JPEG, TIFF, BMP or WebP image"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
 
@@ -62,26 +68,99 @@ ImageSource = bytes | bytearray | Path | str
 
 
 def decode_image(
-    data: ImageSource, *, name: str, max_pixels: int = config.MAX_IMAGE_PIXELS
+    data: ImageSource,
+    *,
+    name: str,
+    max_pixels: int = config.MAX_IMAGE_PIXELS,
+    fit_pixels: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode an image file (bytes or path) to ``(H, W, 3)`` uint8 RGB.
 
     Returns ``(rgb, notes)`` where ``notes`` holds flat scalars describing any conversion
-    (``mode``, ``scaling``, ``exif_rotated``, ``alpha``, ``bands``, ``decoder``), ready to be merged
-    into ``Scene.meta``. Raises :class:`DatasetError` naming ``name`` for any bad input.
+    (``mode``, ``scaling``, ``exif_rotated``, ``alpha``, ``bands``, ``decoder``,
+    ``downscaled_from`` / ``downscaled_to``), ready to be merged into ``Scene.meta``. Images
+    over ``max_pixels`` are refused from their header; images over ``fit_pixels`` (when given)
+    are downscaled to fit it (see the module docstring). Raises :class:`DatasetError` naming
+    ``name`` for any bad input.
     """
     check = _size_checker(name, max_pixels, min_side=MIN_SIDE)
     src, head = _source(data, name)
     if head.startswith(_TIFF_MAGIC):
         raw = _read_tiff(src, name, check, max_pixels)
         if raw is not None:
-            return _tiff_to_rgb(raw, name)
+            rgb, notes = _tiff_to_rgb(raw, name)
+            if fit_pixels is not None and rgb.shape[0] * rgb.shape[1] > fit_pixels:
+                h, w = rgb.shape[:2]
+                tw, th = fit_size(w, h, fit_pixels)
+                notes["downscaled_from"] = f"{w}x{h}"
+                rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.BOX))
+            return _downscaled_to(rgb, notes), notes
         src, _ = _source(data, name)
         notes: dict[str, Any] = {"decoder": "pillow"}
     else:
         notes = {}
-    with _open_pil(src, name, check, notes) as im:
-        return _pil_to_rgb(im, name, notes)
+    with _open_pil(src, name, check, notes, fit_pixels=fit_pixels, max_pixels=max_pixels) as im:
+        rgb, notes = _pil_to_rgb(_fit_pil(im, fit_pixels, notes), name, notes)
+        return _downscaled_to(rgb, notes), notes
+
+
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest ``(width, height)`` of the same aspect ratio with at most ``max_pixels``
+    pixels (the size itself when it fits); the short side never drops under :data:`MIN_SIDE`
+    (or the image's own short side, when smaller)."""
+    if max_pixels < 1:
+        raise ValueError(f"The 'max_pixels' parameter must be >= 1. Got {max_pixels!r} instead.")
+    if width * height <= max_pixels:
+        return int(width), int(height)
+    scale = math.sqrt(max_pixels / (width * height))
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    floor = min(MIN_SIDE, width, height)
+    if w < floor:
+        w, h = floor, max(1, min(height, max_pixels // floor))
+    elif h < floor:
+        h, w = floor, max(1, min(width, max_pixels // floor))
+    while w * h > max_pixels:  # rounding: at most a step or two
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return w, h
+
+
+def _fit_pil(im: Image.Image, fit_pixels: int | None, notes: dict[str, Any]) -> Image.Image:
+    """``im`` turned upright (EXIF) and area-averaged down to ``fit_pixels``; palette and 1-bit
+    images are expanded first, so their colours, not their indices, are averaged."""
+    header = notes.pop("header_size", None)
+    if fit_pixels is None:
+        return im
+    full_w, full_h = header or im.size
+    if full_w * full_h <= fit_pixels:
+        return im
+    notes["downscaled_from"] = f"{full_w}x{full_h}"
+    im = _exif_transpose(im, notes)  # a no-op when _pil_to_rgb does it again
+    if notes.get("exif_orientation") in (5, 6, 7, 8):
+        full_w, full_h = full_h, full_w
+    target = fit_size(full_w, full_h, fit_pixels)
+    if im.size == target:  # a JPEG draft already landed on the exact size
+        return im
+    mode = im.mode
+    if mode in ("P", "PA"):
+        notes.setdefault("mode", mode)
+        has_alpha = mode == "PA" or "transparency" in im.info
+        if has_alpha:
+            notes["alpha"] = "dropped"
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "1":
+        notes.setdefault("mode", mode)
+        im = im.convert("L")
+    return im.resize(target, Image.Resampling.BOX)
+
+
+def _downscaled_to(rgb: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
+    """Record the final size of a downscaled image (after any EXIF rotation)."""
+    if "downscaled_from" in notes:
+        notes["downscaled_to"] = f"{rgb.shape[1]}x{rgb.shape[0]}"
+    return rgb
 
 
 def decode_mask(
@@ -108,7 +187,7 @@ def decode_mask(
         if raw is not None:
             return _tiff_to_mask(raw)
         src, _ = _source(data, name)
-    with _open_pil(src, name, check, {}) as im:
+    with _open_pil(src, name, check, {}, max_pixels=max_pixels) as im:
         return _pil_to_mask(im)
 
 
@@ -164,17 +243,33 @@ def _size_checker(
 # --------------------------------------------------------------------------------------- Pillow
 
 
+def _bomb_message(name: str, exc: Exception, max_pixels: int) -> str:
+    """Pillow's bomb guard in our words, quoting the limit that applies (Pillow's error quotes
+    twice its own threshold, which is not the limit anyone configured)."""
+    limit = min(int(max_pixels), int(Image.MAX_IMAGE_PIXELS or max_pixels))
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "more pixels than allowed"
+    return (f"{name}: image header claims {size}, over the limit of {limit:,} pixels: a "
+            "possible decompression bomb, refused before decoding (raise "
+            "UNET_LENS_MAX_IMAGE_PIXELS to allow larger images).")
+
+
 @contextmanager
 def _open_pil(
-    src: io.BytesIO | Path, name: str, check: Callable[[int, int], None], notes: dict[str, Any]
+    src: io.BytesIO | Path, name: str, check: Callable[[int, int], None], notes: dict[str, Any],
+    *, fit_pixels: int | None = None, max_pixels: int = config.MAX_IMAGE_PIXELS,
 ) -> Iterator[Image.Image]:
-    """Open lazily, check the header size, then decode; Pillow errors become DatasetError."""
+    """Open lazily, check the header size, then decode; Pillow errors become DatasetError.
+
+    With ``fit_pixels``, a JPEG over that budget is decoded at a reduced DCT scale
+    (``Image.draft``); its header size is left in ``notes["header_size"]`` for :func:`_fit_pil`.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             im = Image.open(src, formats=PIL_FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DatasetError(f"{name}: {exc} Refused before decoding.") from None
+            raise DatasetError(_bomb_message(name, exc, max_pixels)) from None
         except UnidentifiedImageError:
             raise DatasetError(f"{name}: not a recognised image; {_EXPECTED}.") from None
         except _DECODE_ERRORS as exc:
@@ -183,10 +278,14 @@ def _open_pil(
             check(*im.size)
             if any(";16" in str(tile.args) for tile in im.tile) and im.mode in ("RGB", "RGBA"):
                 notes["scaling"] = "16-bit colour reduced to 8-bit by Pillow (high byte)"
+            if fit_pixels is not None and im.size[0] * im.size[1] > fit_pixels:
+                notes["header_size"] = im.size
+                if im.format == "JPEG":
+                    im.draft(None, fit_size(*im.size, fit_pixels))
             try:
                 im.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise DatasetError(f"{name}: {exc} Refused.") from None
+                raise DatasetError(_bomb_message(name, exc, max_pixels)) from None
             except _DECODE_ERRORS as exc:
                 raise DatasetError(
                     f"{name}: could not decode the {im.format} pixel data, the file is truncated "
@@ -215,7 +314,7 @@ def _pil_to_rgb(
     im = _exif_transpose(im, notes)
     mode = im.mode
     if mode != "RGB":
-        notes["mode"] = mode
+        notes.setdefault("mode", mode)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(im)
         return _gray_to_rgb(_stretch(arr[..., None], notes)[..., 0]), notes

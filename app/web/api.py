@@ -6,13 +6,18 @@
   clustering than the stored one (memoized in the shared cache). Responses carry an ETag of the
   run version, so a client revalidates with 304.
 - ``POST /api/segment[?format=png][&threshold=0.5][&model=<run>]``: an image as a multipart
-  ``file`` field or as the raw request body → building statistics and the mask as a base64
+  ``file`` field or as the raw request body (whatever its declared Content-Type, so
+  ``curl --data-binary @a.png`` works) → building statistics and the mask as a base64
   PNG, or the mask PNG itself with ``format=png``. Decoded by ``app.data.imageio.decode_image``
   (same formats, limits and messages as the pages), segmented by
-  ``app.ml.inference.ModelService.segment_large``.
+  ``app.ml.inference.ModelService.segment_large``. An image over ``config.MAX_INFER_PIXELS``
+  is downscaled to fit first; ``downscaled`` in the JSON (``X-Downscaled`` with ``format=png``)
+  says from and to what size. Decode and inference run behind the worker's
+  :data:`app.web.gate.INFERENCE` gate.
 
 Errors are JSON ``{"error": "..."}``: 400 bad input, 404 unknown run / id / path, 413 a body
-over ``MAX_CONTENT_LENGTH``, 503 no usable model. Ids from the request are validated as slugs
+over ``MAX_CONTENT_LENGTH``, 429 with ``Retry-After`` when the worker's model slots and queue
+are full, 503 no usable model. Ids from the request are validated as slugs
 and looked up among the listed runs; nothing from a request ever becomes a path, and uploads
 are held in memory only (see ``app.web.main.InMemoryUploadRequest``).
 """
@@ -31,17 +36,17 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, abort, jsonify, request
 from scipy import ndimage as ndi
-from werkzeug.utils import secure_filename
 
 from app import artifacts, config
 from app.artifacts import ArtifactError
 from app.data.base import DatasetError
 from app.data.imageio import decode_image
 from app.ml import inference, registry
-from app.web import health, runs
+from app.web import gate, health, runs
 from app.web.images import png_bytes
 from app.web.logic import clusters
 from app.web.logic import tiles as tile_logic
+from app.web.uploads import describe_downscale, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +165,17 @@ def points() -> Response:
 # --------------------------------------------------------------------------- segment
 
 
-def _upload() -> tuple[bytes, str]:
-    """The uploaded bytes and a safe display name: multipart ``file`` (or the only file part),
-    else the raw body. Held in memory only."""
-    if request.files:
+def _upload() -> tuple[bytes | None, str]:
+    """The uploaded bytes and a readable display name: a multipart ``file`` (or the only file
+    part), else the raw body whatever its Content-Type (``curl --data-binary`` declares
+    ``application/x-www-form-urlencoded``; the body is never parsed as a form). ``None`` for a
+    multipart request without a file part. Held in memory only."""
+    if request.mimetype == "multipart/form-data":
+        if not request.files:
+            return None, "upload"
         part = request.files.get("file") or next(iter(request.files.values()))
-        name = secure_filename(part.filename or "") or "upload"
-        return part.read(), name[:100]
-    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return b"", "upload"
-    return request.get_data(cache=False), "upload"
+        return part.read(), safe_name(part.filename)[:100]
+    return request.get_data(cache=False, parse_form_data=False), "upload"
 
 
 def _model_service(model_arg: str | None) -> tuple[Any | None, Response | None]:
@@ -237,29 +243,54 @@ def segment() -> Response:
     if not 0.0 < threshold < 1.0:
         return error(400, "threshold must be a number between 0 and 1.")
     data, name = _upload()
+    if data is None:
+        return error(400, "no image: the multipart request has no file part; send the image as "
+                          "a multipart 'file' field or as the raw request body.")
     if not data:
-        return error(400, "no image: send it as a multipart 'file' field or as the request body.")
+        return error(400, f"{name}: the file is empty (0 bytes); send a PNG, JPEG, TIFF, BMP or WebP image "
+                          "as a multipart 'file' field or as the raw request body.")
+    service, failure = _model_service(request.args.get("model"))
+    if failure is not None:
+        return failure
     try:
-        rgb, notes = decode_image(bytes(data), name=name, max_pixels=config.MAX_IMAGE_PIXELS)
+        with gate.INFERENCE.slot():
+            return _segment(data, name, service, threshold, fmt)
+    except gate.Busy as exc:
+        response = error(429, f"{exc} Each worker segments {gate.INFERENCE.slots} image"
+                              f"{'s' if gate.INFERENCE.slots != 1 else ''} at a time.")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+
+def _segment(data: bytes, name: str, service: Any, threshold: float, fmt: str) -> Response:
+    """Decode (downscaled to ``config.MAX_INFER_PIXELS``), segment and answer; runs inside the
+    gate, so at most ``INFER_SLOTS`` of these hold a full decode at once."""
+    try:
+        rgb, notes = decode_image(bytes(data), name=name, max_pixels=config.MAX_IMAGE_PIXELS,
+                                  fit_pixels=config.MAX_INFER_PIXELS)
     except DatasetError as exc:
         return error(400, str(exc))
     except Exception:  # noqa: BLE001 - a decoder bug on hostile input is still a bad upload
         log.warning("decoder failed on an upload", exc_info=True)
-        return error(400, f"{name}: not a readable image; expected a PNG, JPEG or TIFF image.")
+        return error(400, f"{name}: not a readable image; expected a PNG, JPEG, TIFF, BMP or WebP image.")
     del data
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
         log.warning("decoder returned an array of shape %s for an upload", rgb.shape)
-        return error(400, f"{name}: not a readable image; expected a PNG, JPEG or TIFF image.")
-    service, failure = _model_service(request.args.get("model"))
-    if failure is not None:
-        return failure
+        return error(400, f"{name}: not a readable image; expected a PNG, JPEG, TIFF, BMP or WebP image.")
     started = time.perf_counter()
     prob = service.segment_large(rgb)
     mask, stats = building_stats(prob, threshold)
     png = png_bytes(mask)
+    downscaled = None
+    if "downscaled_from" in notes:
+        src_w, src_h = (int(v) for v in str(notes["downscaled_from"]).split("x"))
+        downscaled = {"from_width": src_w, "from_height": src_h,
+                      "max_infer_pixels": config.MAX_INFER_PIXELS,
+                      "message": describe_downscale(notes)}
     stats.update({
         "model": {"run": service.run_id, "sha256": service.sha256[:12]},
         "device": service.device, "ms": round((time.perf_counter() - started) * 1000, 1),
+        "downscaled": downscaled,
         "notes": {k: v for k, v in notes.items() if isinstance(v, str | int | float | bool)},
     })
     if fmt == "png":
@@ -267,6 +298,9 @@ def segment() -> Response:
         response.headers["X-Building-Count"] = str(stats["building_count"])
         response.headers["X-Building-Fraction"] = f"{stats['building_fraction']:.6f}"
         response.headers["X-Model-Run"] = str(service.run_id)
+        if downscaled is not None:
+            response.headers["X-Downscaled"] = (f"{notes['downscaled_from']} to "
+                                                f"{notes['downscaled_to']}")
     else:
         stats["mask_png_base64"] = base64.b64encode(png).decode("ascii")
         response = jsonify(stats)

@@ -10,7 +10,9 @@ failure is an :class:`UploadError` whose text is shown in the page as is:
   pixels), images under 16 pixels on a side (1×1, 1×5000) or over ``config.MAX_IMAGE_PIXELS``.
 
 Files that decode (CMYK, palette, EXIF-rotated, 16-bit, grayscale, RGBA) come back as
-``(H, W, 3)`` uint8 with the conversions listed in :attr:`Upload.notes`.
+``(H, W, 3)`` uint8 with the conversions listed in :attr:`Upload.notes`. Images over
+``config.MAX_INFER_PIXELS`` come back downscaled to fit it (area average; a JPEG is decoded at
+a reduced scale), and the notes say so (:func:`describe_downscale`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ from app.data.base import DatasetError
 from app.data.imageio import decode_image
 
 #: Shown under the upload box.
-ACCEPTED = "PNG, JPEG or TIFF · 8/16-bit · RGB, grayscale, RGBA, palette or CMYK"
-ACCEPT_ATTR = ".png,.jpg,.jpeg,.tif,.tiff,image/png,image/jpeg,image/tiff"
 
 
 class UploadError(ValueError):
@@ -97,10 +97,13 @@ def parse_upload(
     *,
     max_bytes: int | None = None,
     max_pixels: int | None = None,
+    fit_pixels: int | None = None,
 ) -> Upload:
-    """Decode ``dcc.Upload`` ``contents`` into an :class:`Upload`, or raise :class:`UploadError`."""
+    """Decode ``dcc.Upload`` ``contents`` into an :class:`Upload`, or raise :class:`UploadError`;
+    images over ``fit_pixels`` (default ``config.MAX_INFER_PIXELS``) are downscaled to fit."""
     limit = config.MAX_UPLOAD_BYTES if max_bytes is None else int(max_bytes)
     pixels = config.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    fit = config.MAX_INFER_PIXELS if fit_pixels is None else int(fit_pixels)
     name = safe_name(filename)
     payload = split_data_url(contents, name)
     size = payload_size(payload)
@@ -113,14 +116,14 @@ def parse_upload(
     except (binascii.Error, ValueError):
         raise UploadError(f"{name}: the upload is corrupt (invalid base64 data).") from None
     try:
-        image, notes = decode_image(raw, name=name, max_pixels=pixels)
+        image, notes = decode_image(raw, name=name, max_pixels=pixels, fit_pixels=fit)
     except DatasetError as exc:
         raise UploadError(str(exc)) from None
     except MemoryError:
         raise UploadError(f"{name}: the image is too large to decode in memory.") from None
     except Exception as exc:  # noqa: BLE001 - a decoder bug must not take the page down
         raise UploadError(f"{name}: could not decode the image ({type(exc).__name__}: {exc}); "
-                          "expected a PNG, JPEG or TIFF image.") from None
+                          "expected a PNG, JPEG, TIFF, BMP or WebP image.") from None
     return Upload(image=np.ascontiguousarray(image, dtype=np.uint8), name=name, nbytes=len(raw),
                   notes=dict(notes))
 
@@ -147,10 +150,29 @@ def describe_notes(notes: dict[str, Any]) -> list[str]:
         out.append(str(notes["bands"]))
     if notes.get("decoder"):
         out.append(f"decoded by {notes['decoder']}")
+    if notes.get("downscaled_from"):
+        out.append(describe_downscale(notes))
     return out
 
 
+def _mp(pixels: int) -> str:
+    """4194304 → "2048² px" (a square number), else "4.2 MP"."""
+    side = int(pixels ** 0.5)
+    while side * side > pixels:
+        side -= 1
+    return f"{side}² px" if side * side == pixels else f"{pixels / 1e6:.1f} MP"
+
+
+def describe_downscale(notes: dict[str, Any]) -> str:
+    """"downscaled from 8000×8000 to 2048×2048 px (the inference limit is 2048² px, ...)"."""
+    src = str(notes.get("downscaled_from", "")).replace("x", "×")
+    dst = str(notes.get("downscaled_to", "")).replace("x", "×")
+    return (f"downscaled from {src} to {dst} px (the inference limit is "
+            f"{_mp(config.MAX_INFER_PIXELS)}, UNET_LENS_MAX_INFER_PIXELS)")
+
+
 __all__ = [
-    "ACCEPTED", "ACCEPT_ATTR", "Upload", "UploadError", "describe_notes", "fmt_bytes",
+    "Upload", "UploadError", "describe_downscale", "describe_notes",
+    "fmt_bytes",
     "parse_upload", "payload_size", "safe_name", "split_data_url",
 ]

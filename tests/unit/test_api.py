@@ -265,3 +265,110 @@ def test_unknown_api_paths_are_json_404s(client) -> None:
     for path in ("/api/", "/api/nope", "/api/points/extra", "/api/../etc/passwd"):
         r = client.get(path)
         assert r.status_code == 404 and r.is_json and "error" in r.json
+
+
+# --------------------------------------------------------------------------- cost bound
+
+#: The model named explicitly: an earlier test re-configures the default run.
+SEG = "/api/segment?model=tiny-model"
+
+
+def test_segment_at_the_pixel_budget_is_not_downscaled(client, monkeypatch) -> None:
+    monkeypatch.setattr(config, "MAX_INFER_PIXELS", 48 * 64)
+    r = client.post(SEG, data=png_bytes(48, 64), content_type="image/png")
+    assert r.status_code == 200, r.json
+    assert r.json["downscaled"] is None and (r.json["width"], r.json["height"]) == (64, 48)
+
+
+def test_segment_one_pixel_over_the_budget_is_downscaled_and_says_so(client, monkeypatch) -> None:
+    budget = 48 * 64 - 1
+    monkeypatch.setattr(config, "MAX_INFER_PIXELS", budget)
+    r = client.post(SEG, data=png_bytes(48, 64), content_type="image/png")
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["width"] * body["height"] <= budget and body["width"] < 64
+    assert body["downscaled"]["from_width"] == 64 and body["downscaled"]["from_height"] == 48
+    assert body["downscaled"]["max_infer_pixels"] == budget
+    assert "downscaled from 64×48 to" in body["downscaled"]["message"]
+    assert "UNET_LENS_MAX_INFER_PIXELS" in body["downscaled"]["message"]
+    mask = _png_to_mask(base64.b64decode(body["mask_png_base64"]))
+    assert mask.shape == (body["height"], body["width"])
+    png = client.post(SEG + "&format=png", data=png_bytes(48, 64), content_type="image/png")
+    assert png.status_code == 200 and png.headers["X-Downscaled"].startswith("64x48 to ")
+
+
+def test_segment_when_the_gate_is_full_is_a_429_with_retry_after(client, monkeypatch) -> None:
+    from app.web import gate
+    from tests.unit.test_gate import held
+
+    full = gate.Gate(slots=1, queue=0)
+    monkeypatch.setattr(gate, "INFERENCE", full)
+    with held(full):
+        r = client.post(SEG, data=png_bytes(), content_type="image/png")
+    assert r.status_code == 429, r.json
+    assert int(r.headers["Retry-After"]) >= 1
+    assert f"try again in {r.headers['Retry-After']} s" in r.json["error"]
+    assert r.headers["Cache-Control"] == "no-store"
+    again = client.post(SEG, data=png_bytes(), content_type="image/png")
+    assert again.status_code == 200, again.json
+
+
+def test_concurrent_segment_requests_never_exceed_the_slots(client, monkeypatch) -> None:
+    """Six threads, each with its own client, post at once: all are served, one at a time."""
+    import threading
+
+    from app.web import gate
+
+    one = gate.Gate(slots=1, queue=8, wait_s=600)
+    monkeypatch.setattr(gate, "INFERENCE", one)
+    app = client.application
+    start = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def request(seed: int) -> None:
+        c = app.test_client()
+        data = png_bytes(64, 64, seed=seed)
+        start.wait(30)
+        statuses.append(c.post(SEG, data=data, content_type="image/png").status_code)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert statuses == [200] * 6 and one.peak == 1 and one.snapshot()["admitted"] == 6
+
+
+# --------------------------------------------------------------------------- small items
+
+
+@pytest.mark.parametrize("how", ["raw", "multipart"])
+def test_segment_empty_file_says_the_file_is_empty(client, how: str) -> None:
+    if how == "raw":
+        r = client.post(SEG, data=b"", content_type="image/png")
+    else:
+        r = client.post(SEG, data={"file": (io.BytesIO(b""), "empty.png")},
+                        content_type="multipart/form-data")
+    assert r.status_code == 400 and "the file is empty" in r.json["error"], r.json
+    if how == "multipart":
+        assert r.json["error"].startswith("empty.png:")
+
+
+def test_multipart_without_a_file_part_says_what_to_send(client) -> None:
+    r = client.post(SEG, data={"note": "hi"}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "no file part" in r.json["error"]
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded",
+                                          "application/octet-stream", "text/plain"])
+def test_a_raw_body_is_an_image_whatever_its_content_type(client, content_type) -> None:
+    """``curl --data-binary @a.png`` declares a form; the body is still the image."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    r = client.post(SEG, data=png_bytes(), headers=headers)
+    assert r.status_code == 200, r.json
+
+
+def test_an_emoji_file_name_is_kept_readable(client) -> None:
+    r = client.post(SEG, data={"file": (io.BytesIO(b"not an image"), "🏠 roofs.png")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 400 and r.json["error"].startswith("🏠 roofs.png:"), r.json

@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from app.data.base import DatasetError
-from app.data.imageio import MIN_SIDE, decode_image, decode_mask
+from app.data.imageio import MIN_SIDE, decode_image, decode_mask, fit_size
 
 RNG = np.random.default_rng(0)
 
@@ -243,7 +243,7 @@ def test_missing_file_is_a_dataset_error(tmp_path: Path) -> None:
 
 def test_not_an_image_is_refused_with_the_name() -> None:
     with pytest.raises(
-        DatasetError, match=r"notes\.txt: not a recognised image.*PNG, JPEG or TIFF"
+        DatasetError, match=r"notes\.txt: not a recognised image.*PNG, JPEG, TIFF, BMP or WebP"
     ):
         decode_image(b"this is plain text, not pixels" * 10, name="notes.txt")
 
@@ -376,3 +376,76 @@ def test_mask_errors_name_the_file() -> None:
         decode_mask(b"", name="m0.png", expected_shape=(20, 20))
     with pytest.raises(DatasetError, match="mtxt.png: not a recognised image"):
         decode_mask(b"not an image at all", name="mtxt.png", expected_shape=(20, 20))
+
+
+# --------------------------------------------------------------------------- bombs, downscaling
+
+
+def test_bomb_message_quotes_the_configured_limit_not_pillows_double() -> None:
+    data = png_raw(30000, 30000, 8, 0, zlib.compress(b"\x00" * 30001 * 4))
+    with pytest.raises(DatasetError) as info:
+        decode_image(data, name="bomb.png")
+    message = str(info.value)
+    assert f"{Image.MAX_IMAGE_PIXELS:,}" in message and "900,000,000 pixels" in message
+    assert f"{2 * Image.MAX_IMAGE_PIXELS:,}" not in message
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in message
+    assert "decompression bomb" in message and "UNET_LENS_MAX_IMAGE_PIXELS" in message
+
+
+@pytest.mark.parametrize("w, h, budget, expected", [
+    (64, 48, 64 * 48, (64, 48)),  # exactly the budget: unchanged
+    (8000, 8000, 2048 * 2048, (2048, 2048)),
+    (8000, 4000, 2048 * 2048, (2896, 1448)),
+    (100_000, 16, 16_000, (1000, 16)),  # the short side never drops under MIN_SIDE
+])
+def test_fit_size_keeps_the_aspect_within_the_budget(w, h, budget, expected) -> None:
+    assert fit_size(w, h, budget) == expected
+    fw, fh = fit_size(w, h, budget)
+    assert fw * fh <= budget
+
+
+def test_budget_plus_one_pixel_is_downscaled() -> None:
+    data = encode(RNG.integers(0, 255, (48, 64, 3)).astype(np.uint8))
+    same, notes = decode_image(data, name="a.png", fit_pixels=48 * 64)
+    assert same.shape == (48, 64, 3) and "downscaled_from" not in notes
+    small, notes = decode_image(data, name="a.png", fit_pixels=48 * 64 - 1)
+    assert small.shape[0] * small.shape[1] <= 48 * 64 - 1
+    assert notes["downscaled_from"] == "64x48"
+    assert notes["downscaled_to"] == f"{small.shape[1]}x{small.shape[0]}"
+
+
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "P"),
+                                       ("TIFF", "RGB"), ("PNG", "I;16")])
+def test_downscaling_averages_the_area(fmt: str, mode: str) -> None:
+    """Left half dark, right half bright: the downscaled image keeps the two halves."""
+    arr = np.full((400, 800), 30, np.uint8)
+    arr[:, 400:] = 220
+    if mode == "P":
+        im = Image.fromarray(arr).convert("P")
+    elif mode == "I;16":
+        im = Image.fromarray(arr.astype(np.uint16) * 256)
+    else:
+        im = Image.fromarray(np.repeat(arr[..., None], 3, axis=2))
+    data = tiff_bytes(np.asarray(im)) if fmt == "TIFF" else encode(im, fmt)
+    rgb, notes = decode_image(data, name=f"x.{fmt.lower()}", fit_pixels=100 * 50)
+    assert rgb.shape == (50, 100, 3) and notes["downscaled_from"] == "800x400"
+    left, right = rgb[:, :45].mean(), rgb[:, 55:].mean()
+    assert right > left + 100, (left, right)
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(monkeypatch) -> None:
+    """Image.draft: the 4000² JPEG's DCT scale is reduced before its pixels are decoded."""
+    from app.data import imageio
+
+    data = encode(Image.new("RGB", (4000, 4000), (120, 130, 140)), "JPEG")
+    seen: list[tuple[int, int]] = []
+    original = imageio._fit_pil
+
+    def spy(im, fit_pixels, notes):
+        seen.append(im.size)
+        return original(im, fit_pixels, notes)
+
+    monkeypatch.setattr(imageio, "_fit_pil", spy)
+    rgb, notes = decode_image(data, name="big.jpg", fit_pixels=500 * 500)
+    assert rgb.shape == (500, 500, 3) and notes["downscaled_from"] == "4000x4000"
+    assert seen == [(500, 500)]  # 1/8 scale: the 4000² pixels were never decoded

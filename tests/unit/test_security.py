@@ -351,7 +351,7 @@ def test_known_corrupt_tiffs_are_dataset_errors(make) -> None:
 @pytest.mark.parametrize("make", [_corrupt_next_ifd, _mixed_bits_per_sample, _zero_band_tiff])
 def test_the_api_answers_400_even_when_the_decoder_fails(client, make) -> None:
     r = client.post("/api/segment", data=make(), content_type="image/tiff")
-    assert r.status_code == 400 and "expected a PNG, JPEG or TIFF" in r.json["error"]
+    assert r.status_code == 400 and "expected a PNG, JPEG, TIFF, BMP or WebP" in r.json["error"]
 
 
 def _decode_or_dataset_error(data: bytes) -> None:

@@ -182,3 +182,22 @@ def test_multi_page_tiff_says_pages_not_bands() -> None:
     assert up.notes["bands"] == "used page 1 of 3"
     assert np.array_equal(up.image, pages[0])
     assert "used page 1 of 3" in up.describe()
+
+
+def test_an_upload_over_the_inference_budget_is_downscaled_and_says_so(monkeypatch) -> None:
+    from app import config
+
+    monkeypatch.setattr(config, "MAX_INFER_PIXELS", 64 * 64)
+    up = parse_upload(_url(_png(rgb(128, 256))), "wide.png")
+    assert up.shape == (45, 90) and up.notes["downscaled_from"] == "256x128"
+    assert ("downscaled from 256×128 to 90×45 px (the inference limit is 64² px, "
+            "UNET_LENS_MAX_INFER_PIXELS)") in up.describe()
+    exact = parse_upload(_url(_png(rgb(64, 64))), "exact.png")
+    assert exact.shape == (64, 64) and not any("downscaled" in n for n in exact.describe())
+
+
+def test_an_emoji_file_name_stays_readable() -> None:
+    assert uploads.safe_name("🏠.png") == "🏠.png"
+    assert uploads.safe_name("C:\\maps\\🛰️ scene 1.tif") == "🛰️ scene 1.tif"
+    with pytest.raises(UploadError, match="^🏠.png: "):
+        parse_upload(_url(b"not an image"), "🏠.png")

@@ -141,7 +141,7 @@ def load_image(run: Any, source: str, tile: str | None, upload: dict | None
         key = (upload or {}).get("key")
         stored = cache.get(f"explain-upload:{key}") if key else None
         if stored is None:
-            return None, {"message": "Upload an image to explain (PNG, JPEG or TIFF)."}
+            return None, {"message": "Upload an image to explain (PNG, JPEG, TIFF, BMP or WebP)."}
         return stored["image"], {"kind": "upload", "key": key, "name": stored["name"]}
     if run is None or not tile or tile not in run.index:
         return None, {"message": "Pick a tile to explain."}

@@ -5,6 +5,10 @@ counts buildings (``metrics.count_buildings``, watershed), runs the Otsu and K-m
 baselines on a ≤1024 px copy, places the upload on the run's maps (:func:`place_upload`) and
 keeps what later callbacks need (the ≤1024 px copy for Grad-CAM, the mask PNG for the
 download) in the shared flask-caching cache under the image's SHA-256.
+
+:func:`segment_upload` is the page's whole job behind the worker's model gate
+(:data:`app.web.gate.INFERENCE`, shared with ``/api/segment``): decode (downscaled to
+``config.MAX_INFER_PIXELS``) and analyse, or :class:`~app.web.gate.Busy` when the gate is full.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from app.ml.inference import (
     tile_origins,
 )
 from app.ml.metrics import count_buildings
-from app.web import images, runs, uploads
+from app.web import gate, images, runs, uploads
 from app.web.cache import cache
 from app.web.logic.tiles import (
     ColourSpec,
@@ -207,8 +211,38 @@ def analyse(upload: uploads.Upload, run: Any, service: Any,
     )
 
 
+class ModelUnavailable(Exception):
+    """The run's model cannot be used; ``str(exc)`` is the page's message."""
+
+
+def busy_message(exc: gate.Busy) -> str:
+    """What the page says when the worker's model slots are all taken."""
+    return (f"{exc} Each server process segments {gate.INFERENCE.slots} image"
+            f"{'s' if gate.INFERENCE.slots != 1 else ''} at a time; nothing was lost, upload the "
+            "file again then.")
+
+
+def segment_upload(contents: Any, filename: Any, model_info: Any, run: Any,
+                   progress: Any = None) -> SegmentResult:
+    """Decode and analyse an upload while holding one of the worker's model slots.
+
+    Raises :class:`uploads.UploadError` for a bad file, :class:`gate.Busy` when no slot frees up
+    within ``config.INFER_WAIT_S``, and :class:`ModelUnavailable` with the model's message
+    when ``model_info`` says it cannot be used.
+    """
+    if progress:
+        progress(0, 1, "Waiting for a free model slot")
+    with gate.INFERENCE.slot():
+        if progress:
+            progress(0, 1, "Decoding")
+        upload = uploads.parse_upload(contents, filename)
+        if not model_info.ok:
+            raise ModelUnavailable(model_info.message)
+        return analyse(upload, run, model_info.service, progress=progress)
+
+
 __all__ = [
-    "OVERLAP", "THRESHOLD", "TILE", "SegmentResult", "analyse", "baselines", "cache_key",
-    "map_points",
-    "mask_iou", "place_upload", "small_copy", "tiling_description",
+    "OVERLAP", "THRESHOLD", "TILE", "ModelUnavailable", "SegmentResult", "analyse", "baselines",
+    "busy_message", "cache_key", "map_points",
+    "mask_iou", "place_upload", "segment_upload", "small_copy", "tiling_description",
 ]

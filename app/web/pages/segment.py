@@ -25,7 +25,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import config
-from app.web import components, figures, ids, images, runs, theme, uploads
+from app.web import components, figures, gate, ids, images, runs, theme, uploads
 from app.web.background import MANAGER
 from app.web.cache import cache
 from app.web.logic import segment as seg
@@ -215,22 +215,24 @@ def segment_upload(set_progress: Any, contents: Any, filename: Any, run_id: str 
     keep = (no_update,) * 5
     if not contents:
         return (no_update, *keep)
-    set_progress(("0", "1", "Decoding"))
-    try:
-        upload = uploads.parse_upload(contents, filename)
-    except uploads.UploadError as exc:
-        return (components.message(str(exc)), *keep)
     run = runs.get_run(run_id)
     info = runs.model_for(run)
-    if not info.ok:
-        return (components.message(info.message), *keep)
 
     def report(done: int, total: int, what: str) -> None:
         set_progress((str(done), str(max(total, 1)),
                       f"{what} {done}/{total}" if total > 1 else f"{what}…"))
 
-    res = seg.analyse(upload, run, info.service, progress=report)
-    ok = components.message(f"Segmented {res.name}: {res.n_buildings:,} buildings found.", "ok")
+    try:
+        res = seg.segment_upload(contents, filename, info, run, progress=report)
+    except uploads.UploadError as exc:
+        return (components.message(str(exc)), *keep)
+    except gate.Busy as exc:
+        return (components.message(seg.busy_message(exc), "warn"), *keep)
+    except seg.ModelUnavailable as exc:
+        return (components.message(str(exc)), *keep)
+    shrunk = next((n for n in res.notes if n.startswith("downscaled")), None)
+    ok = components.message(f"Segmented {res.name}: {res.n_buildings:,} buildings found"
+                            + (f" ({shrunk})." if shrunk else "."), "ok")
     stored = {"key": res.key, "name": res.name, "run": run.run_id if run else None,
               "placement": res.placement, "width": res.width, "height": res.height}
     return (ok, stored, summary_block(res), image_block(res), baseline_block(res), {})
