@@ -249,12 +249,9 @@ def segment() -> Response:
     if not data:
         return error(400, f"{name}: the file is empty (0 bytes); send a PNG, JPEG, TIFF, BMP or WebP image "
                           "as a multipart 'file' field or as the raw request body.")
-    service, failure = _model_service(request.args.get("model"))
-    if failure is not None:
-        return failure
     try:
         with gate.INFERENCE.slot():
-            return _segment(data, name, service, threshold, fmt)
+            return _segment(data, name, request.args.get("model"), threshold, fmt)
     except gate.Busy as exc:
         response = error(429, f"{exc} Each worker segments {gate.INFERENCE.slots} image"
                               f"{'s' if gate.INFERENCE.slots != 1 else ''} at a time.")
@@ -262,9 +259,11 @@ def segment() -> Response:
         return response
 
 
-def _segment(data: bytes, name: str, service: Any, threshold: float, fmt: str) -> Response:
+def _segment(data: bytes, name: str, model_arg: str | None, threshold: float,
+             fmt: str) -> Response:
     """Decode (downscaled to ``config.MAX_INFER_PIXELS``), segment and answer; runs inside the
-    gate, so at most ``INFER_SLOTS`` of these hold a full decode at once."""
+    gate, so at most ``INFER_SLOTS`` of these hold a full decode at once. The image is checked
+    before the model: a file that is no image is a 400 whether or not a model is there."""
     try:
         rgb, notes = decode_image(bytes(data), name=name, max_pixels=config.MAX_IMAGE_PIXELS,
                                   fit_pixels=config.MAX_INFER_PIXELS)
@@ -277,6 +276,9 @@ def _segment(data: bytes, name: str, service: Any, threshold: float, fmt: str) -
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
         log.warning("decoder returned an array of shape %s for an upload", rgb.shape)
         return error(400, f"{name}: not a readable image; expected a PNG, JPEG, TIFF, BMP or WebP image.")
+    service, failure = _model_service(model_arg)
+    if failure is not None:
+        return failure
     started = time.perf_counter()
     prob = service.segment_large(rgb)
     mask, stats = building_stats(prob, threshold)
