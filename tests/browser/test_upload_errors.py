@@ -152,6 +152,7 @@ def _drop_rejected(browser: Browser, upload_id: str, name: str, data: str) -> No
 
 def test_a_dropped_gif_is_refused_in_the_browser(browser: Browser) -> None:
     browser.open("/segment")
+    browser.wait(lambda: browser.css("#segment-upload"), what="the upload box")
     browser.js(COUNT_POSTS)
     _drop_rejected(browser, "segment-upload", "anim.gif", "GIF89a")
     assert "anim.gif is a .gif file" in _message(browser, "#segment-message")
