@@ -4,8 +4,8 @@ Why a mix: a dashboard's cost is in its Dash callbacks (Grad-CAM, segmenting an 
 evaluation pass), not in its pages and thumbnails. A load test of pages and images alone
 overstated the capacity about 3-4x (issue 16), so this one replays the callbacks too.
 
-Starts the server itself (``python -m app serve --workers N``: gunicorn for N > 1, the
-threaded development server for 1; on a free 127.0.0.1 port), runs simulated users (threads)
+Starts the server itself (``python -m app serve --workers N``: gunicorn with N workers, on a
+free 127.0.0.1 port), runs simulated users (threads)
 for a bounded time and a bounded number of actions each, and stops the server. Loopback only.
 
 Each user is a browser tab: it loads a page once (for the ``end_id`` dash-renderer echoes on
