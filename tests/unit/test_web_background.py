@@ -123,7 +123,10 @@ def test_a_job_started_on_one_worker_is_polled_from_another(new_store: Callable[
     assert b.job_running(job)
     assert _wait(lambda: b.get_progress("key") == ["1", "3", "first"])
     assert b.get_progress("key") is None  # read once
-    assert b.get_updated_props("key") == {"elsewhere": {"children": "side"}}
+    props: dict = {}  # written just after the progress: wait for it, read once
+    assert _wait(lambda: props.update(b.get_updated_props("key")) or
+                 props == {"elsewhere": {"children": "side"}})
+    assert b.get_updated_props("key") == {}
     assert b.get_result("key", job) is b.UNDEFINED and b.job_running(job)
     go.set()
     assert _wait(lambda: not b.job_running(job))
