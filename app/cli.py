@@ -7,8 +7,10 @@ and CI can rely on it. Heavy modules are imported inside the commands, so ``--he
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -207,6 +209,9 @@ def wsgi_app() -> Any:
     with INFO logging on so the warm-up thread's ``model ... warm:`` line and request errors
     show. Called after the fork, so the app, its model and its warm-up thread are per worker."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S %z")
+    # ``kill -USR2 <worker pid>`` writes every thread's stack to the log: how a stuck request or
+    # job is diagnosed in place (gunicorn's workers leave SIGUSR2 unused).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     from app.web.main import server  # builds the app and starts the warm-up (lazy: Dash, TF)
 
     return server

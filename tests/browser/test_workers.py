@@ -12,8 +12,12 @@ logs a CSP violation and a renderer TypeError on every page.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +33,24 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LOADS = 20
 MODEL_TIMEOUT = 180
 #: The first load runs the evaluation pass over the demo's tiles (minutes on a busy CI core).
-FIRST_TIMEOUT = 600
+FIRST_TIMEOUT = 300
 TABLE = "#evaluate-table .ag-row .ag-cell[col-id=tile_id]"
 UPLOAD = "#segment-upload input[type=file]"
 
 
+@dataclass
+class Served:
+    """The ``serve --workers 2`` instance under test."""
+
+    base: str
+    cache: Path
+    log: Path
+    pid: int
+
+
 @pytest.fixture(scope="module")
-def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(base URL, cache folder) of ``serve --workers 2`` over the shipped demo."""
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``serve --workers 2`` over the shipped demo, with its own cache folder."""
     if not (config.EMBEDDINGS_DIR / config.DEMO_EMBEDDINGS_RUN / "manifest.json").is_file():
         pytest.skip("the shipped demo run is missing")
     site = tmp_path_factory.mktemp("workers")
@@ -47,8 +61,26 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/healthz", timeout=MODEL_TIMEOUT, proc=proc)
         assert len(child_pids(proc.pid)) == 2, (site / "serve.log").read_text()
-        yield base, site / "cache"
+        yield Served(base, site / "cache", site / "serve.log", proc.pid)
         assert proc.poll() is None, (site / "serve.log").read_text()
+
+
+def wait_or_explain(b: Browser, served: Served, cond: Callable[[], Any], timeout: float,
+                    what: str) -> None:
+    """``b.wait``; on a timeout the failure carries what is needed to tell why: the page's
+    text, the console, and every worker thread's stack (``serve`` registers SIGUSR2 for it)
+    with the end of the server log."""
+    try:
+        b.wait(cond, timeout=timeout, what=what)
+    except AssertionError as exc:
+        for pid in child_pids(served.pid):
+            os.kill(pid, signal.SIGUSR2)
+        time.sleep(2)
+        page = b.js("return document.body ? document.body.innerText : ''") or ""
+        console = b.d.get_log("browser")
+        tail = served.log.read_text(errors="replace")[-20000:]
+        raise AssertionError(f"{exc}\n--- page text ---\n{page[:3000]}\n--- console ---\n"
+                             f"{console[-30:]}\n--- serve.log (end) ---\n{tail}") from None
 
 
 def failed_requests(b: Browser) -> list[str]:
@@ -57,28 +89,29 @@ def failed_requests(b: Browser) -> list[str]:
 
 
 @pytest.fixture()
-def workers_browser(driver: Any, two_workers: tuple[str, Path]) -> Browser:
+def workers_browser(driver: Any, two_workers: Served) -> Browser:
     driver.get_log("browser")
-    return Browser(driver, two_workers[0], None)
+    return Browser(driver, two_workers.base, None)
 
 
 def test_every_evaluate_load_reaches_its_table(workers_browser: Browser,
-                                               two_workers: tuple[str, Path]) -> None:
+                                               two_workers: Served) -> None:
     b = workers_browser
     done = 0
     for i in range(LOADS):
         b.open("/evaluate")
-        b.wait(lambda: len(b.css(TABLE)) > 0, timeout=FIRST_TIMEOUT if i == 0 else MODEL_TIMEOUT,
-               what=f"the per-tile table of load {i + 1} ({done} of {LOADS} done)")
+        wait_or_explain(b, two_workers, lambda: len(b.css(TABLE)) > 0,
+                        FIRST_TIMEOUT if i == 0 else MODEL_TIMEOUT,
+                        f"the per-tile table of load {i + 1} ({done} of {LOADS} done)")
         assert "test split" in b.css("#evaluate-subtitle")[0].text
         done += 1
     assert done == LOADS
     assert failed_requests(b) == []
-    jobs = two_workers[1].with_name(two_workers[1].name + "-jobs")
+    jobs = two_workers.cache.with_name(two_workers.cache.name + "-jobs")
     assert (jobs / "secret").is_file()  # one secret for both workers, beside the cache
 
 
-def test_every_segment_upload_reaches_its_result(workers_browser: Browser,
+def test_every_segment_upload_reaches_its_result(workers_browser: Browser, two_workers: Served,
                                                  tmp_path: Path) -> None:
     b = workers_browser
     for i in range(LOADS):
@@ -86,7 +119,7 @@ def test_every_segment_upload_reaches_its_result(workers_browser: Browser,
         b.wait(lambda: b.css(UPLOAD), what="the upload input")
         name = f"scene-{i}.png"
         b.css(UPLOAD)[0].send_keys(str(write_png(tmp_path / name, 64, 96, seed=i)))
-        b.wait(lambda n=name: f"Segmented {n}" in b.css("#segment-message")[0].text
-               and b.images_loaded("#segment-mask-image"), timeout=MODEL_TIMEOUT,
-               what=f"the result of upload {i + 1}")
+        wait_or_explain(b, two_workers, lambda n=name: f"Segmented {n}" in b.css(
+            "#segment-message")[0].text and b.images_loaded("#segment-mask-image"),
+            MODEL_TIMEOUT, f"the result of upload {i + 1}")
     assert failed_requests(b) == []
