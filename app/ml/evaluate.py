@@ -187,13 +187,13 @@ def tile_scores(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict[s
     return {**conf, **pixel_scores(**conf)}
 
 
-def pixel_summary(ev: Evaluation, threshold: float) -> dict[str, Any]:
+def pixel_summary(ev: Evaluation | DatasetScore, threshold: float) -> dict[str, Any]:
     """Pixel confusion counts and scores over the whole set at ``threshold``."""
     conf = ev.histogram.confusion(float(threshold))
     return {**conf, **pixel_scores(**conf)}
 
 
-def curves(ev: Evaluation) -> dict[str, np.ndarray]:
+def curves(ev: Evaluation | DatasetScore) -> dict[str, np.ndarray]:
     """Scores at thresholds 0, 0.01, …, 1 (PR curve, IoU/F1 vs threshold)."""
     return ev.histogram.curve(np.linspace(0.0, 1.0, 101))
 
@@ -228,7 +228,7 @@ def building_index(threshold: float) -> int:
     return int(np.argmin([abs(t - float(threshold)) for t in BUILDING_THRESHOLDS]))
 
 
-def building_summary(ev: Evaluation, threshold: float) -> dict[str, Any]:
+def building_summary(ev: Evaluation | DatasetScore, threshold: float) -> dict[str, Any]:
     """Building-level TP/FP/FN (IoU ≥ 0.5) summed over tiles, at the nearest stored threshold."""
     j = building_index(threshold)
     tp, fp, fn = (int(v) for v in ev.buildings[:, j, :].sum(axis=0)) if len(ev.buildings) else (
@@ -278,6 +278,7 @@ class DatasetScore:
     seconds: float
     device: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    created: str = ""
 
     @property
     def histogram(self) -> PixelHistogram:
@@ -318,6 +319,7 @@ class DatasetScore:
 
     def to_dict(self, threshold: float = 0.5) -> dict[str, Any]:
         """Everything as plain JSON types (the CLI's ``--json``)."""
+        from app import artifacts
         tile = self.tile_sum
         tile_scores_ = pixel_scores(tile["tp"], tile["fp"], tile["fn"], tile["tn"])
         return {
@@ -343,6 +345,7 @@ class DatasetScore:
                                  "counted again (for comparison only)"},
             "skipped": [[sid, why] for sid, why in self.skipped],
             "seconds": round(self.seconds, 3), "device": self.device,
+            "created": self.created, "versions": artifacts.versions(),
         }
 
     def summary_lines(self, threshold: float = 0.5) -> list[str]:
@@ -459,12 +462,16 @@ def evaluate_dataset(
     ``progress(done_tiles, total_tiles)`` is called as tiles are predicted. Scenes without
     ground truth are listed in ``skipped``.
     """
+    from app import artifacts
     from app.data.base import DatasetError
     from app.data.dataset import TileDataset
 
     started = time.perf_counter()
     chosen = _check_splits(splits)
     path = Path(dataset_dir)
+    if not path.exists():
+        raise DatasetError(f"Dataset folder {path} does not exist; expected a make-dataset "
+                           "output folder (`python -m app make-dataset` or `build`).")
     dataset = TileDataset.open(path)
     service = _service_for(model_run, store)
     table = dataset.table
@@ -546,7 +553,7 @@ def evaluate_dataset(
         scene_negative=np.stack(sneg) if n else np.zeros((0, TILE_BINS + 1), np.int64),
         buildings=np.stack(blds) if n else np.zeros((0, len(BUILDING_THRESHOLDS), 3), np.int64),
         tile_sum=tile_sum, seconds=time.perf_counter() - started, device=service.device,
-        skipped=skipped,
+        skipped=skipped, created=artifacts.now_iso(),
     )
 
 
