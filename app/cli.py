@@ -139,7 +139,8 @@ def _held_out_lines(run_path: Path) -> list[str]:
         return ["no held-out tiles with ground truth: no metrics"]
     tp, fp, fn = (int(rows[k].sum()) for k in ("tp", "fp", "fn"))
     s = pixel_scores(tp, fp, fn, 0)
-    return [f"held-out {split} tiles ({len(rows)}, at threshold {run.manifest['params'].get('threshold', 0.5)}): "
+    threshold = (run.manifest.get("params") or {}).get("threshold", 0.5)
+    return [f"held-out {split} tiles ({len(rows)}, at threshold {threshold}): "
             f"pixel precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  "
             f"IoU {s['iou']:.3f}; mean tile F1 {float(rows['f1'].mean()):.3f}",
             "  (summed over tiles; `python -m app evaluate` scores whole scenes, each pixel once)"]

@@ -10,6 +10,17 @@ share it; where the tiles come from is the caller's business.
 
 When a truth mask is smaller than the prediction (stored thumbnail-size masks), the probability
 map is area-averaged down to the mask's size, and the building minimum area scales with it.
+
+:func:`evaluate_dataset` scores whole scenes of a tile dataset (``python -m app evaluate`` and
+the Evaluate page's headline, one function). Summing per-tile counts counts the pixels of
+overlapping edge tiles and of reflect padding again (2-3x the scene pixels on small scenes, up
+to ±0.03 F1), and cuts buildings at tile borders in two. So every tile is predicted once, as
+stored (the model's training inputs: its size, its padding), each scene's map and truth are
+stitched back from them, every pixel from one tile (overlaps cut at their middle, padding
+cropped), and the scene is scored whole. Running ``segment_large`` on a re-assembled scene
+instead would cost extra passes where tiles overlap, differ from the per-tile table and from the
+stored per-tile metrics, and need a model that takes its tile size (fixed-input imported models
+do not); on real and synthetic scenes the two agree within 0.01 F1.
 """
 
 from __future__ import annotations

@@ -188,6 +188,7 @@ def test_page_scores_scenes_with_the_same_function(dataset: Path, tmp_path: Path
     run_embed(config.DEMO_MODEL_RUN, dataset, "scenes-run", embeddings_root=tmp_path,
               progress=False)
     run = artifacts.EmbeddingsRun.open("scenes-run", tmp_path)
+    assert cli._held_out_lines(run.path) == ["no held-out tiles with ground truth: no metrics"]
     found = ev.scene_source(run)
     assert found is not None and found[1] is None  # no test split: every scene
     page = ev.run_scene_evaluation(run, get_service(config.DEMO_MODEL_RUN))
@@ -208,6 +209,7 @@ def test_real_xbd_scenes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     scenes = list(itertools.islice(iter_xbd(root), 2))
     if len(scenes) < 2:
         pytest.skip(f"fewer than 2 readable xBD scenes in {root}")
+    scenes = list(cli._downscaled(scenes, 2))  # 512², as `make xbd` tiles them
     ds = write_dataset(scenes, tmp_path / "xbd2", name="xbd2", source="xbd", tile_size=256,
                        overlap=64, progress=False)
     out = tmp_path / "xbd.json"
@@ -222,3 +224,18 @@ def test_real_xbd_scenes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert 0.0 <= saved["overall"]["f1"] <= 1.0
     assert saved["tile_sum"]["tp"] + saved["tile_sum"]["fp"] + saved["tile_sum"]["fn"] + \
         saved["tile_sum"]["tn"] > saved["counts"]["pixels"]  # overlapping tiles, counted again
+
+
+def test_embed_prints_the_held_out_metrics(tmp_path: Path) -> None:
+    """``embed`` ends with the held-out (test) tiles' scores from the counts it stored."""
+    from app import artifacts
+    from tests.fixture_run import make_fixture_run
+
+    run_id = make_fixture_run(tmp_path, n=30, seed=2, run_id="held-out")
+    tiles = artifacts.EmbeddingsRun.open(run_id, tmp_path, check_model=False).tiles
+    test = tiles[tiles["split"] == "test"]
+    tp, fp, fn = (int(test[k].sum()) for k in ("tp", "fp", "fn"))
+    lines = cli._held_out_lines(tmp_path / run_id)
+    assert lines[0].startswith(f"held-out test tiles ({len(test)}, at threshold 0.5)")
+    assert f"F1 {2 * tp / (2 * tp + fp + fn):.3f}" in lines[0]
+    assert "python -m app evaluate" in lines[1]
