@@ -48,8 +48,22 @@ BUILDING_MIN_AREA = 10  # pixels at full resolution (scaled down with the mask)
 BATCH = 8
 
 
+class _Histogram:
+    """The :attr:`histogram` of a result holding ``positive`` / ``negative`` bin counts."""
+
+    positive: np.ndarray
+    negative: np.ndarray
+
+    @property
+    def histogram(self) -> PixelHistogram:
+        hist = PixelHistogram(GLOBAL_BINS)
+        hist.positive = self.positive.astype(np.int64)
+        hist.negative = self.negative.astype(np.int64)
+        return hist
+
+
 @dataclass
-class Evaluation:
+class Evaluation(_Histogram):
     """Counts from one model pass over the evaluation tiles (small: safe to cache)."""
 
     run_id: str
@@ -69,13 +83,6 @@ class Evaluation:
     skipped: list[str] = field(default_factory=list)
     n_candidates: int = 0
 
-    @property
-    def histogram(self) -> PixelHistogram:
-        hist = PixelHistogram(GLOBAL_BINS)
-        hist.positive = self.positive.astype(np.int64)
-        hist.negative = self.negative.astype(np.int64)
-        return hist
-
 
 
 #: ``load(tile_id) -> (image, truth)``; either is None when the tile has none.
@@ -91,6 +98,40 @@ def resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     out = im.resize((shape[1], shape[0]),
                     Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+class _Counts:
+    """What both passes keep per scored mask (tile or scene): the :data:`GLOBAL_BINS`
+    histograms of all masks, and per mask its :data:`TILE_BINS` histograms and building
+    TP/FP/FN at :data:`BUILDING_THRESHOLDS`."""
+
+    def __init__(self, dtype: type) -> None:
+        self.dtype = dtype
+        self.positive = np.zeros(GLOBAL_BINS + 1, np.int64)
+        self.negative = np.zeros(GLOBAL_BINS + 1, np.int64)
+        self.each: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        self.ids: list[str] = []
+
+    def add(self, mask_id: str, prob: np.ndarray, truth: np.ndarray,
+            min_area: int = BUILDING_MIN_AREA) -> None:
+        for bins, overall in ((GLOBAL_BINS, True), (TILE_BINS, False)):
+            idx = np.clip(np.floor(prob.astype(np.float64) * bins), 0, bins).astype(np.intp)
+            pos = np.bincount(idx[truth], minlength=bins + 1)
+            neg = np.bincount(idx[~truth], minlength=bins + 1)
+            if overall:
+                self.positive += pos
+                self.negative += neg
+            else:
+                self.each[0].append(pos.astype(self.dtype))
+                self.each[1].append(neg.astype(self.dtype))
+        self.each[2].append(_building_counts(truth, prob, min_area).astype(self.dtype))
+        self.ids.append(mask_id)
+
+    def stacked(self) -> list[np.ndarray]:
+        """Per-mask positive, negative and building arrays (empty ones of the right shape)."""
+        shapes = ((TILE_BINS + 1,), (TILE_BINS + 1,), (len(BUILDING_THRESHOLDS), 3))
+        return [np.stack(rows) if rows else np.zeros((0, *shape), self.dtype)
+                for rows, shape in zip(self.each, shapes, strict=True)]
 
 
 def _edge(threshold: float, bins: int) -> int:
@@ -117,18 +158,12 @@ def evaluate_tiles(
     :data:`BATCH` of the same size.
     """
     started = time.perf_counter()
-    pos = np.zeros(GLOBAL_BINS + 1, np.int64)
-    neg = np.zeros(GLOBAL_BINS + 1, np.int64)
-    tpos: list[np.ndarray] = []
-    tneg: list[np.ndarray] = []
-    blds: list[np.ndarray] = []
-    kept: list[str] = []
+    counts = _Counts(np.int32)
     skipped: list[str] = []
     resolutions: set[str] = set()
     total = len(ids)
 
     def finish(tid: str, prob: np.ndarray, truth: np.ndarray) -> None:
-        nonlocal pos, neg
         if prob.shape != truth.shape:
             resolutions.add(f"stored masks ({truth.shape[1]}×{truth.shape[0]}; predictions "
                             "area-averaged down to them)")
@@ -137,15 +172,8 @@ def evaluate_tiles(
         else:
             resolutions.add("full resolution")
             scale = 1.0
-        g = np.clip(np.floor(prob.astype(np.float64) * GLOBAL_BINS), 0, GLOBAL_BINS).astype(np.intp)
-        pos += np.bincount(g[truth], minlength=GLOBAL_BINS + 1)
-        neg += np.bincount(g[~truth], minlength=GLOBAL_BINS + 1)
-        t = np.clip(np.floor(prob.astype(np.float64) * TILE_BINS), 0, TILE_BINS).astype(np.intp)
-        tpos.append(np.bincount(t[truth], minlength=TILE_BINS + 1).astype(np.int32))
-        tneg.append(np.bincount(t[~truth], minlength=TILE_BINS + 1).astype(np.int32))
         min_area = max(1, round(BUILDING_MIN_AREA * scale * scale))
-        blds.append(_building_counts(truth, prob, min_area).astype(np.int32))
-        kept.append(tid)
+        counts.add(tid, prob, truth, min_area)
 
     batch: list[tuple[str, np.ndarray, np.ndarray]] = []
 
@@ -172,15 +200,13 @@ def evaluate_tiles(
         if progress is not None and (i % 4 == 3 or i == total - 1):
             progress(i + 1, total)
     flush()
-    n = len(kept)
+    tile_pos, tile_neg, buildings = counts.stacked()
     return Evaluation(
         run_id=run_id, version=version, model_run=model_run, model_sha=service.sha256,
-        tile_ids=kept, source=source,
+        tile_ids=counts.ids, source=source,
         resolution="; ".join(sorted(resolutions)) or "–",
-        positive=pos, negative=neg,
-        tile_positive=np.stack(tpos) if n else np.zeros((0, TILE_BINS + 1), np.int32),
-        tile_negative=np.stack(tneg) if n else np.zeros((0, TILE_BINS + 1), np.int32),
-        buildings=np.stack(blds) if n else np.zeros((0, len(BUILDING_THRESHOLDS), 3), np.int32),
+        positive=counts.positive, negative=counts.negative,
+        tile_positive=tile_pos, tile_negative=tile_neg, buildings=buildings,
         seconds=time.perf_counter() - started, device=service.device, skipped=skipped,
         n_candidates=n_candidates,
     )
@@ -261,7 +287,7 @@ _PADDED = re.compile(r"from (\d+)x(\d+)")
 
 
 @dataclass
-class DatasetScore:
+class DatasetScore(_Histogram):
     """Counts from scoring a model on the stitched scenes of a tile dataset (every scene pixel
     counted once); :meth:`scores` turns them into numbers at any threshold.
 
@@ -290,13 +316,6 @@ class DatasetScore:
     device: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     created: str = ""
-
-    @property
-    def histogram(self) -> PixelHistogram:
-        hist = PixelHistogram(GLOBAL_BINS)
-        hist.positive = self.positive.astype(np.int64)
-        hist.negative = self.negative.astype(np.int64)
-        return hist
 
     @property
     def n_pixels(self) -> int:
@@ -497,12 +516,7 @@ def evaluate_dataset(
                sorted(set(rows_all["scene_id"].astype(str)) - set(labelled["scene_id"].astype(str)))]
     scenes = list(labelled.groupby("scene_id", sort=True))
     total = len(labelled)
-    pos = np.zeros(GLOBAL_BINS + 1, np.int64)
-    neg = np.zeros(GLOBAL_BINS + 1, np.int64)
-    spos: list[np.ndarray] = []
-    sneg: list[np.ndarray] = []
-    blds: list[np.ndarray] = []
-    kept: list[str] = []
+    counts = _Counts(np.int64)
     shapes: list[tuple[int, int]] = []
     meta: dict[str, list[str]] = {k: [] for k in ("split", *BREAKDOWNS)}
     tile_sum = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
@@ -540,29 +554,21 @@ def evaluate_dataset(
         if covered != height * width:
             raise DatasetError(f"{path}: scene {sid} has {covered} of {height * width} pixels "
                                "covered by its tiles (a tile is missing or doubled).")
-        g = np.clip(np.floor(prob.astype(np.float64) * GLOBAL_BINS), 0, GLOBAL_BINS).astype(np.intp)
-        pos += np.bincount(g[truth], minlength=GLOBAL_BINS + 1)
-        neg += np.bincount(g[~truth], minlength=GLOBAL_BINS + 1)
-        t = np.clip(np.floor(prob.astype(np.float64) * TILE_BINS), 0, TILE_BINS).astype(np.intp)
-        spos.append(np.bincount(t[truth], minlength=TILE_BINS + 1).astype(np.int64))
-        sneg.append(np.bincount(t[~truth], minlength=TILE_BINS + 1).astype(np.int64))
-        blds.append(_building_counts(truth, prob))
-        kept.append(sid)
+        counts.add(sid, prob, truth)
         shapes.append((height, width))
         first = rows.iloc[0]
         for key in meta:
             value = first[key] if key in rows else None
             meta[key].append("unknown" if value is None or value != value or value == ""
                              else str(value))
-    n = len(kept)
+    scene_pos, scene_neg, buildings = counts.stacked()
     return DatasetScore(
         model_run=model_run if isinstance(model_run, str) else str(service.run_id or ""),
         model_sha=service.sha256, dataset=str(path),
         dataset_name=str(dataset.manifest.get("name") or path.name), splits=chosen,
-        scene_ids=kept, meta=meta, shapes=shapes, n_tiles=total, positive=pos, negative=neg,
-        scene_positive=np.stack(spos) if n else np.zeros((0, TILE_BINS + 1), np.int64),
-        scene_negative=np.stack(sneg) if n else np.zeros((0, TILE_BINS + 1), np.int64),
-        buildings=np.stack(blds) if n else np.zeros((0, len(BUILDING_THRESHOLDS), 3), np.int64),
+        scene_ids=counts.ids, meta=meta, shapes=shapes, n_tiles=total,
+        positive=counts.positive, negative=counts.negative, scene_positive=scene_pos,
+        scene_negative=scene_neg, buildings=buildings,
         tile_sum=tile_sum, seconds=time.perf_counter() - started, device=service.device,
         skipped=skipped, created=artifacts.now_iso(),
     )

@@ -43,12 +43,12 @@ GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": False}
 # --------------------------------------------------------------------------- plain helpers
 
 
-def load(ready: dict | None) -> scoring.Evaluation | None:
-    """The cached evaluation named by the ready-store, or None."""
-    if not isinstance(ready, dict) or not ready.get("key"):
+def load(ready: dict | None, key: str = "key", kind: type = scoring.Evaluation) -> Any:
+    """The cached evaluation (``kind``) the ready-store names under ``key``, or None."""
+    if not isinstance(ready, dict) or not ready.get(key):
         return None
-    value = cache.get(ready["key"])
-    return value if isinstance(value, scoring.Evaluation) else None
+    value = cache.get(ready[key])
+    return value if isinstance(value, kind) else None
 
 
 def ensure_evaluation(run: Any, info: runs.ModelInfo, progress: Any = None
@@ -63,14 +63,6 @@ def ensure_evaluation(run: Any, info: runs.ModelInfo, progress: Any = None
                                progress=progress)
     cache.set(key, result)
     return result
-
-
-def load_scenes(ready: dict | None) -> scoring.DatasetScore | None:
-    """The cached whole-scene score named by the ready-store, or None."""
-    if not isinstance(ready, dict) or not ready.get("scene_key"):
-        return None
-    value = cache.get(ready["scene_key"])
-    return value if isinstance(value, scoring.DatasetScore) else None
 
 
 def ensure_scene_score(run: Any, info: runs.ModelInfo, progress: Any = None
@@ -372,7 +364,7 @@ def update_metrics(ready: dict | None, threshold: float | None) -> tuple:
             "count-weighted mean of its tiles' building recall.")
     if result.skipped:
         note += f" {len(result.skipped):,} tiles without a stored image were skipped."
-    scenes = load_scenes(ready)
+    scenes = load(ready, "scene_key", scoring.DatasetScore)
     head: Headline = scenes if scenes is not None else result
     groups = (group_table(ev.scene_group_rows(scenes, t), count="Scenes") if scenes is not None
               else group_table(ev.group_rows(result, run, t)))
