@@ -321,20 +321,21 @@ class DatasetScore(_Histogram):
     def n_pixels(self) -> int:
         return int(sum(h * w for h, w in self.shapes))
 
-    def scores(self, threshold: float = 0.5, select: np.ndarray | None = None) -> dict[str, Any]:
-        """Pixel and building scores at ``threshold`` over all scenes or the ``select`` mask."""
-        sel = np.ones(len(self.scene_ids), bool) if select is None else np.asarray(select, bool)
+    def scores(self, threshold: float = 0.5, select: np.ndarray | slice | None = None
+               ) -> dict[str, Any]:
+        """Pixel and building scores at ``threshold`` over all scenes or the ``select``ed ones
+        (a boolean mask or a slice)."""
+        sel = slice(None) if select is None else select
         k = _edge(float(threshold), TILE_BINS)
         pos, neg = self.scene_positive[sel], self.scene_negative[sel]
         tp, fp = int(pos[:, k:].sum()), int(neg[:, k:].sum())
         fn, tn = int(pos.sum()) - tp, int(neg.sum()) - fp
         px = pixel_scores(tp, fp, fn, tn)
         j = building_index(threshold)
-        btp, bfp, bfn = (int(v) for v in self.buildings[sel, j, :].sum(axis=0)) if sel.any() \
-            else (0, 0, 0)
+        btp, bfp, bfn = (int(v) for v in self.buildings[sel, j, :].sum(axis=0))
         b = ratios(np.array([btp]), np.array([bfp]), np.array([bfn]))
         return {
-            "scenes": int(sel.sum()), "pixels": tp + fp + fn + tn,
+            "scenes": len(pos), "pixels": tp + fp + fn + tn,
             "tp": tp, "fp": fp, "fn": fn, "tn": tn,
             **{m: float(px[m]) for m in ("precision", "recall", "f1", "iou")},
             "building": {"threshold": BUILDING_THRESHOLDS[j], "iou": BUILDING_IOU,
@@ -365,8 +366,8 @@ class DatasetScore(_Histogram):
             "scenes": [
                 {"scene_id": sid, "height": h, "width": w,
                  **{key: self.meta[key][i] for key in ("split", *BREAKDOWNS)},
-                 **{m: v for m, v in self.scores(threshold, np.arange(len(self.scene_ids)) == i)
-                    .items() if m not in ("scenes",)}}
+                 **{m: v for m, v in self.scores(threshold, slice(i, i + 1)).items()
+                    if m != "scenes"}}
                 for i, (sid, (h, w)) in enumerate(zip(self.scene_ids, self.shapes, strict=True))
             ],
             "tile_sum": {**tile, **{m: float(tile_scores_[m]) for m in
@@ -535,10 +536,15 @@ def evaluate_dataset(
         for start in range(0, len(tiles), BATCH):
             chunk = tiles[start:start + BATCH]
             images = [dataset.image(t) for t, _, _ in chunk]
-            if size % 16:
-                probs = [service.predict_tile(im, use_cache=False) for im in images]
-            else:
-                probs = list(service.predict_batch(np.stack(images).astype(np.float32)))
+            try:
+                if size % 16:
+                    probs = [service.predict_tile(im, use_cache=False) for im in images]
+                else:
+                    probs = list(service.predict_batch(np.stack(images).astype(np.float32)))
+            except Exception as exc:  # noqa: BLE001 - Keras and TF raise many types on bad shapes
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ValueError(f"Model {service.run_id or 'in memory'} cannot segment the "
+                                 f"{size}x{size} tiles of {path}: {first}") from exc
             for (tid, x, y), p in zip(chunk, probs, strict=True):
                 mask = dataset.mask(tid).astype(bool)
                 c = pixel_confusion(mask, p, 0.5)
