@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import Any
 
@@ -109,7 +110,7 @@ def test_page_headline_is_the_whole_scene_score(flask_app: Any, tmp_path: Any,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A run whose dataset is on disk: cards, curves and groups show ``evaluate_dataset``'s
     numbers (the CLI's), the per-tile table stays per tile."""
-    from app import artifacts, config
+    from app import config
     from app.data.base import Scene
     from app.data.dataset import write_dataset
     from app.pipeline import run_embed
@@ -123,23 +124,27 @@ def test_page_headline_is_the_whole_scene_score(flask_app: Any, tmp_path: Any,
                             tmp_path / "datasets" / "small", name="small", source="synthetic",
                             tile_size=32, overlap=8, fractions=(1.0, 0.0, 0.0), progress=False)
     monkeypatch.setattr(config, "DATASETS_DIR", dataset.parent)
-    run_embed("fixture-model", dataset, "small-run", embeddings_root=tmp_path / "emb",
-              progress=False)
-    run = artifacts.EmbeddingsRun.open("small-run", tmp_path / "emb")
-    with flask_app.server.app_context():
-        info = runs.model_for(run)
-        score, key = evp.ensure_scene_score(run, info)
-        assert key and score.n_pixels == 56 * 80
-        direct = scoring.evaluate_dataset(info.service, dataset, splits=None)
-        assert score.to_dict()["overall"] == direct.to_dict()["overall"]
-        assert evp.ensure_scene_score(run, info)[1] == key  # cached
-        home = runs.get_run(runs.default_run_id())
-        tiles = evp.ensure_evaluation(home, info)
-        ready = {"key": ev.cache_key(home.run_id, tiles.version, tiles.model_sha),
-                 "run": home.run_id, "scene_key": key}
-        out = evp.update_metrics(ready, 0.5)
+    root = runs.embeddings_root()
+    run_embed("fixture-model", dataset, "small-run", embeddings_root=root, progress=False)
+    try:
+        run = runs.get_run("small-run")
+        with flask_app.server.app_context():
+            info = runs.model_for(run)
+            score, key = evp.ensure_scene_score(run, info)
+            assert key and score.n_pixels == 56 * 80
+            direct = scoring.evaluate_dataset(info.service, dataset, splits=None)
+            assert score.to_dict()["overall"] == direct.to_dict()["overall"]
+            assert evp.ensure_scene_score(run, info)[1] == key  # cached
+            progress: list[tuple] = []
+            ready, subtitle, empty, _, style = evp.evaluate_run(progress.append, "small-run")
+            assert ready["scene_key"] == key and empty is None and style == {}
+            assert subtitle.startswith("Scores: 1 whole scene (train, val, test) of dataset small")
+            assert "per-tile table: 6 tiles (all tiles with ground truth" in subtitle
+            out = evp.update_metrics(ready, 0.5)
+    finally:
+        shutil.rmtree(root / "small-run")
     s = direct.scores(0.5)
     cards = _json(out[0])
     assert f"{s['f1']:.3f}" in cards and f"{s['iou']:.3f}" in cards and f"{56 * 80:,}" in cards
     assert "summed over whole scenes" in _json(out[1]) and "Scenes" in _json(out[5])
-    assert len(out[7]) == len(tiles.tile_ids)  # the per-tile table is still per tile
+    assert len(out[7]) == 6  # the per-tile table is still per tile: 3 x 2 overlapping tiles

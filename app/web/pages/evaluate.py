@@ -326,9 +326,11 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
                 f"{result.model_run} · scored at {result.resolution} · one pass in "
                 f"{result.seconds:,.1f} s ({result.device}), cached")
     if scenes is not None:
-        subtitle = (f"Scores: {len(scenes.scene_ids):,} whole scenes ({', '.join(scenes.splits)}"
-                    f") of dataset {scenes.dataset_name}, every scene pixel once, as `python -m "
-                    f"app evaluate` prints them · per-tile table: " + subtitle)
+        n = len(scenes.scene_ids)
+        subtitle = (f"Scores: {n:,} whole scene{'' if n == 1 else 's'} "
+                    f"({', '.join(scenes.splits)}) of dataset {scenes.dataset_name}, every scene "
+                    "pixel once, as `python -m app evaluate` prints them · per-tile table: "
+                    + subtitle)
     warning = components.message(info.warning, "warn") if info.warning else None
     ready = {"key": ev.cache_key(run.run_id, result.version, result.model_sha),
              "run": run.run_id, "scene_key": scene_key}
