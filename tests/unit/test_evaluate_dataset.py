@@ -239,3 +239,14 @@ def test_embed_prints_the_held_out_metrics(tmp_path: Path) -> None:
     assert lines[0].startswith(f"held-out test tiles ({len(test)}, at threshold 0.5)")
     assert f"F1 {2 * tp / (2 * tp + fp + fn):.3f}" in lines[0]
     assert "python -m app evaluate" in lines[1]
+
+
+def test_embed_command_ends_with_the_held_out_line(dataset: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(config, "EMBEDDINGS_DIR", tmp_path)
+    rc = cli.main(["embed", "--model-run", config.DEMO_MODEL_RUN, "--dataset", str(dataset),
+                   "--run-id", "printed"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and lines[-2] == f"embeddings written to {tmp_path / 'printed'}"
+    assert lines[-1] == "no held-out tiles with ground truth: no metrics"  # a train-only dataset
