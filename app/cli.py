@@ -318,6 +318,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model on a dataset's whole scenes (each pixel once): pixel and "
+                         "building scores, per source/disaster/phase",
+        description="Pixel precision, recall, F1 and IoU and building-level F1 (IoU >= 0.5) of a "
+        "model on a tile dataset, overall and per source, disaster and pre/post. Each tile is "
+        "predicted once; each scene is stitched back from its tiles and scored whole, so every "
+        "scene pixel counts once (never twice on overlapping tiles or reflect padding). The "
+        "Evaluate page shows the same numbers.")
+    p.add_argument("--model-run", required=True, help="a model-store run (trained or imported)")
+    p.add_argument("--dataset", required=True, help="a make-dataset output folder (or its name "
+                                                    "under datasets/)")
+    p.add_argument("--splits", nargs="+", default=["test"], metavar="SPLIT",
+                   help="train, val and/or test (default: test)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the scores here (JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app",
@@ -368,16 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("evaluate", help="score a model on a dataset's whole scenes (each pixel "
-                                        "once): pixel and building scores, per source/disaster/phase")
-    p.add_argument("--model-run", required=True, help="a model-store run (trained or imported)")
-    p.add_argument("--dataset", required=True, help="a make-dataset output folder (or its name "
-                                                    "under datasets/)")
-    p.add_argument("--splits", nargs="+", default=["test"], metavar="SPLIT",
-                   help="train, val and/or test (default: %(default)s)")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the scores here (JSON)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_evaluate)
+    _add_evaluate_parser(sub)
 
     p = sub.add_parser("reduce", help="PCA / t-SNE / UMAP maps and a K-means sweep of a run")
     p.add_argument("run_id")
