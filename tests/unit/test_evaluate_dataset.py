@@ -190,7 +190,7 @@ def test_page_scores_scenes_with_the_same_function(dataset: Path, tmp_path: Path
     run = artifacts.EmbeddingsRun.open("scenes-run", tmp_path)
     assert cli._held_out_lines(run.path) == ["no held-out tiles with ground truth: no metrics"]
     found = ev.scene_source(run)
-    assert found is not None and found[1] is None  # no test split: every scene
+    assert found is not None and found[1:] == (None, 7)  # no test split: every scene
     page = ev.run_scene_evaluation(run, get_service(config.DEMO_MODEL_RUN))
     cli_score = scoring.evaluate_dataset(config.DEMO_MODEL_RUN, dataset, splits=None)
     assert page.to_dict()["overall"] == cli_score.to_dict()["overall"]

@@ -130,11 +130,17 @@ def test_page_headline_is_the_whole_scene_score(flask_app: Any, tmp_path: Any,
         run = runs.get_run("small-run")
         with flask_app.server.app_context():
             info = runs.model_for(run)
-            score, key = evp.ensure_scene_score(run, info)
-            assert key and score.n_pixels == 56 * 80
+            score, key, note = evp.ensure_scene_score(run, info)
+            assert key and not note and score.n_pixels == 56 * 80
             direct = scoring.evaluate_dataset(info.service, dataset, splits=None)
             assert score.to_dict()["overall"] == direct.to_dict()["overall"]
             assert evp.ensure_scene_score(run, info)[1] == key  # cached
+            monkeypatch.setattr(ev, "MAX_SCENE_TILES", 5)  # 6 tiles: too many to score here
+            assert ev.run_scene_evaluation(run, info.service) is None
+            _, subtitle, *_ = evp.evaluate_run(lambda _: None, "small-run")
+            assert subtitle.startswith("6 tiles") and "scene tiles are more than the page " \
+                "scores (5)" in subtitle
+            monkeypatch.setattr(ev, "MAX_SCENE_TILES", 4000)
             progress: list[tuple] = []
             ready, subtitle, empty, _, style = evp.evaluate_run(progress.append, "small-run")
             assert ready["scene_key"] == key and empty is None and style == {}

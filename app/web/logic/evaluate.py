@@ -50,6 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: At most this many tiles are evaluated (a seeded sample beyond); ``$UNET_LENS_EVAL_MAX_TILES``.
 MAX_TILES = int(os.environ.get("UNET_LENS_EVAL_MAX_TILES", "1000"))
+#: The whole-scene pass runs on the page only up to this many tiles (beyond, the page says to run
+#: ``python -m app evaluate``); ``$UNET_LENS_EVAL_MAX_SCENE_TILES``.
+MAX_SCENE_TILES = int(os.environ.get("UNET_LENS_EVAL_MAX_SCENE_TILES", "4000"))
 #: Part of the cache key: bumped when :class:`~app.ml.evaluate.Evaluation` changes.
 CACHE_VERSION = 2
 
@@ -61,9 +64,11 @@ def cache_key(run_id: str, version: str, model_sha: str) -> str:
 # --------------------------------------------------------------------------- whole scenes
 
 
-def scene_source(run: EmbeddingsRun) -> tuple[Any, tuple[str, ...] | None] | None:
-    """``(dataset, splits)`` the run's scenes are scored on (its test split, else every split),
-    or None when the run's dataset is not on disk or has no ground truth."""
+def scene_source(run: EmbeddingsRun, max_tiles: int | None = None
+                 ) -> tuple[Any, tuple[str, ...] | None, int] | None:
+    """``(dataset, splits, n tiles)`` the run's scenes are scored on (its test split, else every
+    split), or None when the run's dataset is not on disk or has no ground truth. ``n tiles``
+    above ``max_tiles`` (default :data:`MAX_SCENE_TILES`) means: too many to score here."""
     dataset = runs.tile_dataset(run)
     if dataset is None:
         return None
@@ -72,7 +77,8 @@ def scene_source(run: EmbeddingsRun) -> tuple[Any, tuple[str, ...] | None] | Non
     if not labelled.any():
         return None
     test = labelled & (table["split"].astype(str).to_numpy() == "test")
-    return dataset, (("test",) if test.any() else None)
+    return dataset, (("test",) if test.any() else None), int((test if test.any() else
+                                                              labelled).sum())
 
 
 def scene_cache_key(dataset: Any, splits: tuple[str, ...] | None, model_sha: str) -> str:
@@ -86,11 +92,12 @@ def run_scene_evaluation(
     progress: Callable[[int, int], object] | None = None,
 ) -> DatasetScore | None:
     """The run's scenes scored whole by :func:`app.ml.evaluate.evaluate_dataset` (the CLI's
-    function), or None without the dataset on disk."""
+    function), or None without the dataset on disk or with more than :data:`MAX_SCENE_TILES`
+    tiles to score."""
     source = scene_source(run)
-    if source is None:
+    if source is None or source[2] > MAX_SCENE_TILES:
         return None
-    dataset, splits = source
+    dataset, splits, _ = source
     return evaluate_dataset(service, dataset.path, splits=splits, progress=progress)
 
 
@@ -251,7 +258,7 @@ def damage_rows(ev: Evaluation, run: EmbeddingsRun, threshold: float) -> list[di
 
 
 __all__ = [
-    "MAX_TILES", "TABLE_COLUMNS", "cache_key", "damage_rows", "evaluation_tiles", "group_rows",
+    "MAX_SCENE_TILES", "MAX_TILES", "TABLE_COLUMNS", "cache_key", "damage_rows", "evaluation_tiles", "group_rows",
     "run_evaluation", "run_scene_evaluation", "scene_cache_key", "scene_group_rows",
     "scene_source", "tile_rows",
 ]

@@ -66,19 +66,23 @@ def ensure_evaluation(run: Any, info: runs.ModelInfo, progress: Any = None
 
 
 def ensure_scene_score(run: Any, info: runs.ModelInfo, progress: Any = None
-                       ) -> tuple[scoring.DatasetScore | None, str | None]:
-    """``(score, cache key)`` of the run's whole scenes (cached), or ``(None, None)`` when its
-    dataset is not on disk."""
+                       ) -> tuple[scoring.DatasetScore | None, str | None, str]:
+    """``(score, cache key, note)`` of the run's whole scenes (cached); ``(None, None, "")``
+    when its dataset is not on disk, ``(None, None, why)`` when it has too many tiles."""
     source = ev.scene_source(run)
     if source is None:
-        return None, None
+        return None, None, ""
+    if source[2] > ev.MAX_SCENE_TILES:
+        return None, None, (f"scores per tile: the dataset's {source[2]:,} scene tiles are more "
+                            f"than the page scores ({ev.MAX_SCENE_TILES:,}); `python -m app "
+                            "evaluate` scores the whole scenes")
     key = ev.scene_cache_key(source[0], source[1], info.service.sha256)
     found = cache.get(key)
     if isinstance(found, scoring.DatasetScore):
-        return found, key
+        return found, key, ""
     score = ev.run_scene_evaluation(run, info.service, progress)
     cache.set(key, score)
-    return score, key
+    return score, key, ""
 
 
 Headline = scoring.Evaluation | scoring.DatasetScore
@@ -321,7 +325,7 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
         set_progress((str(done), str(total), f"Scoring the whole scenes of the run's dataset "
                                              f"(each pixel once)… {done:,}/{total:,} tiles"))
 
-    scenes, scene_key = ensure_scene_score(run, info, scene_progress)
+    scenes, scene_key, note = ensure_scene_score(run, info, scene_progress)
     subtitle = (f"{len(result.tile_ids):,} tiles ({result.source}) of {run.run_id} · model "
                 f"{result.model_run} · scored at {result.resolution} · one pass in "
                 f"{result.seconds:,.1f} s ({result.device}), cached")
@@ -331,6 +335,8 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
                     f"({', '.join(scenes.splits)}) of dataset {scenes.dataset_name}, every scene "
                     "pixel once, as `python -m app evaluate` prints them · per-tile table: "
                     + subtitle)
+    elif note:
+        subtitle += f" · {note}"
     warning = components.message(info.warning, "warn") if info.warning else None
     ready = {"key": ev.cache_key(run.run_id, result.version, result.model_sha),
              "run": run.run_id, "scene_key": scene_key}
