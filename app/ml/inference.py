@@ -316,8 +316,21 @@ class ModelService:
         """"GPU" when TensorFlow sees one, else "CPU"."""
         return _device()
 
+    @property
+    def default_layer(self) -> str:
+        """The layer embeddings and Grad-CAM use unless told otherwise: an imported model's
+        ``embedding_layer`` (its deepest spatial layer, or the one the user chose), else
+        ``bottleneck``."""
+        if self.run_id is None and self._model is not None:  # in-memory model (tests)
+            from app.ml.adapter import lens_info  # lazy: TensorFlow
+
+            info = lens_info(self._model)
+            return info.default_layer if info is not None else "bottleneck"
+        return artifacts.model_default_layer(self.manifest)
+
     def conv_layers(self) -> list[str]:
-        """Layer names offered for explanations (enc*, bottleneck, dec*, logits)."""
+        """Layer names offered for explanations (enc*, bottleneck, dec*, logits; an imported
+        model's candidate layers, then logits)."""
         from app.ml.unet import named_conv_layers  # lazy: unet imports keras (TensorFlow)
 
         return named_conv_layers(self.model)
@@ -459,7 +472,7 @@ class ModelService:
         return np.ascontiguousarray(np.clip(acc[:h, :w], 0.0, 1.0))
 
     # ------------------------------------------------------------------ warm-up
-    def warm_up(self, sizes: tuple[int, ...] = (256, 1024), layer: str = "bottleneck") -> dict:
+    def warm_up(self, sizes: tuple[int, ...] = (256, 1024), layer: str | None = None) -> dict:
         """Load the model and trace the forward pass at each size and the Seg-Grad-CAM pass of
         ``layer`` once, on a grey image, caching nothing; returns seconds per step.
 
@@ -473,6 +486,7 @@ class ModelService:
         t0 = time.perf_counter()
         self.sha256  # noqa: B018 - loads (and hash-checks) the model
         timings["load"] = time.perf_counter() - t0
+        layer = layer or self.default_layer
         for size in sizes:
             t0 = time.perf_counter()
             self.predict_batch(np.full((1, size, size, 3), 128.0, np.float32))
@@ -491,7 +505,7 @@ class ModelService:
         image: object,
         method: str = "seg-grad-cam",
         *,
-        layer: str = "bottleneck",
+        layer: str | None = None,
         target: str = "predicted",
         box: tuple[float, float, float, float] | None = None,
         pixel: tuple[float, float] | None = None,
@@ -506,6 +520,7 @@ class ModelService:
         spec = registry.explainer(method)
         arr = _as_rgb(image)
         started = time.perf_counter()
+        layer = layer or self.default_layer
         channel = channel if spec.uses_channel else None
         if not spec.uses_target:
             target = "channel" if spec.uses_channel else "mean"

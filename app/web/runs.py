@@ -259,7 +259,8 @@ PROOF_SIDE = 32
 
 def _model_key(run_id: str) -> tuple | None:
     try:
-        st = (artifacts.model_dir(run_id) / "model.keras").stat()
+        name = artifacts.model_file_name(artifacts.read_model_manifest(run_id), run_id)
+        st = (artifacts.model_dir(run_id) / name).stat()
     except (OSError, ArtifactError):
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino)
