@@ -19,6 +19,15 @@ import keras
 from keras import layers
 
 
+def _relu_conv_bn_twice(x, conv: type, filters: int):
+    """keras-io's block body: (ReLU → conv → batch norm) twice."""
+    for _ in range(2):
+        x = layers.Activation("relu")(x)
+        x = conv(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+    return x
+
+
 def keras_io_unet(num_classes: int = 3, size: int = 160, f: int = 4) -> keras.Model:
     """keras-io's U-Net-like model, as published, with filters divided down to ``f``."""
     inputs = keras.Input(shape=(size, size, 3))
@@ -27,23 +36,13 @@ def keras_io_unet(num_classes: int = 3, size: int = 160, f: int = 4) -> keras.Mo
     x = layers.Activation("relu")(x)
     previous = x
     for filters in (2 * f, 4 * f, 8 * f):
-        x = layers.Activation("relu")(x)
-        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
-        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
-        x = layers.BatchNormalization()(x)
+        x = _relu_conv_bn_twice(x, layers.SeparableConv2D, filters)
         x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
         residual = layers.Conv2D(filters, 1, strides=2, padding="same")(previous)
         x = layers.add([x, residual])
         previous = x
     for filters in (8 * f, 4 * f, 2 * f, f):
-        x = layers.Activation("relu")(x)
-        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
-        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
-        x = layers.BatchNormalization()(x)
+        x = _relu_conv_bn_twice(x, layers.Conv2DTranspose, filters)
         x = layers.UpSampling2D(2)(x)
         residual = layers.UpSampling2D(2)(previous)
         residual = layers.Conv2D(filters, 1, padding="same")(residual)

@@ -427,6 +427,10 @@ def resolve(detected: dict, overrides: dict) -> dict:
         n = int(overrides["input_size"])
         if n < 8:
             raise ImportError_(f"The '--input-size' option must be at least 8. Got {n} instead.")
+        if geo["mode"] == "fixed" and geo["size"] != [n, n]:
+            raise ImportError_(
+                f"The '--input-size' option must match the model's fixed input "
+                f"{geo['size'][0]}x{geo['size'][1]}. Got {n} instead.")
         geo = {**geo, "mode": "fixed", "size": [n, n]}
     if overrides.get("size_multiple"):
         m = int(overrides["size_multiple"])
@@ -500,6 +504,10 @@ def check_canonical(user: Any, canonical: Any, adapter: dict, detected: dict) ->
         expected = raw[..., c]
     got = np.asarray(_call(canonical, pixels), dtype=np.float64)[..., 0]
     diff = float(np.abs(got - expected).max())
+    odd = np.asarray(_call(canonical, pixels[:, : h - 3, : w - 5]))  # any size in, same size out
+    if odd.shape[1:3] != (h - 3, w - 5):
+        raise ImportError_(f"The canonical model turned a {h - 3}x{w - 5} image into a "
+                           f"{odd.shape[1]}x{odd.shape[2]} mask; expected the same size.")
     if not diff <= 1e-3:
         raise ImportError_(
             f"The canonical model's mask differs from the model's building probability by "
@@ -590,8 +598,16 @@ def import_model(
     say("probing the input size and reading the layers…")
     detected = detect(user, path)
     adapter = resolve(detected, {k: v for k, v in overrides.items() if v not in (None, [])})
-    canonical = build_canonical(user, adapter)
-    check = check_canonical(user, canonical, adapter, detected)
+    try:
+        canonical = build_canonical(user, adapter)
+        check = check_canonical(user, canonical, adapter, detected)
+    except ImportError_:
+        raise
+    except Exception as exc:  # e.g. a --size-multiple the model cannot run with
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ImportError_(f"The model in {path} does not run with these settings ({first}); "
+                           "expected the detected or a compatible --size-multiple / "
+                           "--input-size.") from None
     rows = _rows(detected, adapter, overrides)
     if dry_run:
         return ImportResult(None, detected, overrides, adapter, check, rows)

@@ -192,6 +192,8 @@ def test_overrides_are_applied_and_recorded(zoo: dict) -> None:
     assert manifest["dataset"] == {"name": "my town", "source": "imported"}
     with pytest.raises(ImportError_, match="already exists"):
         importer.import_model(path, "classic-o", store=zoo["store"])
+    with pytest.raises(ImportError_, match="must match the model's fixed input 512x512"):
+        importer.import_model(zoo["files"]["fixed512"], "x", store=zoo["store"], input_size=256)
     res = importer.import_model(zoo["files"]["rescaled"], "x", store=zoo["store"], dry_run=True,
                                 output="logits", building_channel=0, mean=[10.0], std=[2.0])
     assert res.path is None and not (zoo["store"] / "x").exists()
@@ -199,7 +201,8 @@ def test_overrides_are_applied_and_recorded(zoo: dict) -> None:
     assert res.check["max_abs_diff"] < 1e-5  # softmax logits of channel 0: still the same map
     for bad, match in (({"building_channel": 2}, "building-channel"),
                        ({"embedding_layer": "nope"}, "embedding-layer"),
-                       ({"std": [0.0]}, "std"), ({"mean": [1.0, 2.0]}, "mean")):
+                       ({"std": [0.0]}, "std"), ({"mean": [1.0, 2.0]}, "mean"),
+                       ({"size_multiple": 1}, "does not run with these settings")):
         with pytest.raises(ImportError_, match=match):
             importer.import_model(zoo["files"]["rescaled"], "x", store=zoo["store"],
                                   dry_run=True, **bad)
