@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import math
 import threading
 import time
@@ -295,6 +296,16 @@ class ModelService:
         return self._model
 
     @property
+    def cache_id(self) -> str:
+        """What keys this model's cached results: its ``sha256``, and for an imported run also
+        its adapter (one file imported twice with other settings gives other results)."""
+        adapter = self.manifest.get("adapter") if self.run_id is not None else None
+        if not adapter:
+            return self.sha256
+        blob = json.dumps(adapter, sort_keys=True, default=str)
+        return hashlib.sha256(f"{self.sha256}|{blob}".encode()).hexdigest()
+
+    @property
     def sha256(self) -> str:
         """The model file's SHA-256 (or a hash of an in-memory model's weights)."""
         if self._sha is None:
@@ -368,7 +379,7 @@ class ModelService:
 
         if not use_cache:
             return compute()
-        key = (self.sha256, image_sha256(arr), "predict", "", "", ())
+        key = (self.cache_id, image_sha256(arr), "predict", "", "", ())
         prob, _ = self.cache.get_or_compute(key, compute)
         return prob
 
@@ -435,7 +446,7 @@ class ModelService:
 
         if not use_cache:
             return compute(), False
-        key = (self.sha256, image_sha256(arr), "segment", "", "",
+        key = (self.cache_id, image_sha256(arr), "segment", "", "",
                _freeze({"tile": tile, "stride": stride}))
         return self.cache.get_or_compute(key, compute)
 
@@ -533,7 +544,7 @@ class ModelService:
                 params["pixel"] = tuple(round(float(v), 2) for v in (pixel or ()))
         if not spec.uses_layer:
             layer = "image"
-        key = (self.sha256, image_key or image_sha256(arr), method, layer, target, _freeze(params))
+        key = (self.cache_id, image_key or image_sha256(arr), method, layer, target, _freeze(params))
         result, hit = self.cache.get_or_compute(
             key, lambda: self._explain(arr, spec, layer, target, box, pixel, channel, threshold)
         )
@@ -569,7 +580,7 @@ class ModelService:
         """Cached ``app.ml.explain.activation_maximisation`` image (size, size, 3) uint8."""
         from app.ml import explain as ex  # lazy: explain imports TensorFlow
 
-        key = (self.sha256, "", "activation-maximisation", layer, str(channel),
+        key = (self.cache_id, "", "activation-maximisation", layer, str(channel),
                _freeze({"size": size, "steps": steps}))
         image, _ = self.cache.get_or_compute(
             key, lambda: ex.activation_maximisation(
@@ -604,7 +615,7 @@ class ModelService:
             notes["resized"] = f"{w}x{h} → {nw}x{nh}"
         if representation != "flatten":
             arr = pad_to_multiple(arr)
-        key = (self.sha256, image_sha256(arr), "embed", run.layer, representation,
+        key = (self.cache_id, image_sha256(arr), "embed", run.layer, representation,
                _freeze({"run": run.run_id, "dims": run.manifest.get("counts", {}).get("dims")}))
 
         def compute() -> np.ndarray:

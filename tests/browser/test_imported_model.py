@@ -1,6 +1,7 @@
-"""An imported U-Net in real Chromium: Explore's maps and hover, Explain's Grad-CAM.
+"""An imported U-Net in real Chromium: Explore's maps and hover, Explain's Grad-CAM, and
+``/api/segment`` of the same server.
 
-Two of the import zoo's models (``tests/imported_models.py``) are imported, embedded and reduced
+Each of the import zoo's models (``tests/imported_models.py``) are imported, embedded and reduced
 into a temporary store; each is served by its own app (werkzeug in a thread, like
 ``live_server``) and opened in the session's Chromium.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.conftest import LARGE_MAP, Browser
+from tests.imported_models import ZOO
 
 pytestmark = pytest.mark.browser
 
@@ -22,7 +24,7 @@ MODEL_TIMEOUT = 120
 HEAT = "#explain-heat"
 
 
-@pytest.fixture(scope="module", params=["kerasio", "classic"])
+@pytest.fixture(scope="module", params=list(ZOO))
 def imported(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """(base url, embeddings run, model run) of a served imported model."""
@@ -83,6 +85,20 @@ def test_explore_maps_and_hover_of_an_imported_model(ibrowser: Browser, imported
     assert ibrowser.css(".tip-id")[0].text == tid
     ibrowser.shot(f"imported-{imported['name']}-explore")
     assert ibrowser.severe() == []
+
+
+def test_api_segment_of_an_imported_model(imported: dict) -> None:
+    import json
+    import urllib.request
+
+    from tests.serving import png_bytes
+
+    req = urllib.request.Request(imported["base"] + "/api/segment", data=png_bytes(48, 64),
+                                 headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        body = json.loads(resp.read())
+    assert (body["width"], body["height"]) == (64, 48)
+    assert body["model"]["run"] == imported["name"] and 0.0 <= body["building_fraction"] <= 1.0
 
 
 def test_explain_grad_cam_of_an_imported_model(ibrowser: Browser, imported: dict) -> None:

@@ -208,6 +208,17 @@ def test_overrides_are_applied_and_recorded(zoo: dict) -> None:
                                   dry_run=True, **bad)
 
 
+def test_one_file_imported_twice_keeps_its_results_apart(zoo: dict) -> None:
+    """Same file, other building channel: the same SHA-256 but its own cached results."""
+    importer.import_model(zoo["files"]["rescaled"], "rescaled-c0", store=zoo["store"],
+                          building_channel=0)
+    one, zero = ModelService("rescaled", store=zoo["store"]), ModelService("rescaled-c0",
+                                                                           store=zoo["store"])
+    assert one.sha256 == zero.sha256 and one.cache_id != zero.cache_id
+    image = zoo["dataset"].image(zoo["dataset"].ids()[2])
+    np.testing.assert_allclose(one.predict_tile(image) + zero.predict_tile(image), 1.0, atol=1e-5)
+
+
 def test_cli_import_model(zoo: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr("app.config.MODEL_STORE", tmp_path / "store")
