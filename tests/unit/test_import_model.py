@@ -390,3 +390,23 @@ def test_native_models_keep_their_layers(zoo: dict) -> None:
     assert named_conv_layers(model)[-1] == "logits" and "bottleneck" in named_conv_layers(model)
     assert ModelService(model=model).default_layer == "bottleneck"
     assert artifacts.model_default_layer({}) == "bottleneck"
+
+
+def test_a_native_unet_imports_as_itself(tmp_path: Path) -> None:
+    """This project's own U-Net, imported: bottleneck is found as the embedding layer, its
+    logits / mask layers are renamed out of the way, and the mask is the native mask."""
+    from app.ml.unet import build_unet
+
+    keras.utils.set_random_seed(1)
+    native = build_unet("light", None)
+    path = _save(native, tmp_path, "native")
+    res = importer.import_model(path, "native", store=tmp_path / "store")
+    assert res.detected["embedding_layer"] == "bottleneck"
+    assert res.detected["preprocessing"]["inside"] == "scale"
+    assert res.detected["input"]["multiple"] == 16
+    assert res.adapter["renamed"] == {"logits": "user_logits"}
+    assert res.adapter["output"]["linearize"] == "mask"
+    service = ModelService("native", store=tmp_path / "store")
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3)).astype(np.uint8)
+    np.testing.assert_allclose(service.predict_tile(image),
+                               ModelService(model=native).predict_tile(image), atol=1e-5)
