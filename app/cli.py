@@ -316,7 +316,8 @@ def _add_import_parser(sub: Any) -> None:
     p.add_argument("--embedding-layer", default=None, metavar="NAME",
                    help="the layer the maps embed from (default: the deepest spatial layer)")
     p.add_argument("--trained-on", default=None, metavar="TEXT",
-                   help="what the model was trained on, in words (shown with its results)")
+                   help="what the model was trained on, in words (stored as the manifest's "
+                        "dataset name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.add_argument("--dry-run", action="store_true", help="detect and check; write nothing")
     p.set_defaults(func=cmd_import_model)
