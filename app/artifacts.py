@@ -10,9 +10,12 @@ extractor and the test fixture all call.
 
 model_store/<run>/
     model.keras          Keras 3 archive, loaded with ``safe_mode=True, compile=False``
+                         (an imported legacy model: model.h5, named by manifest "model_file")
     manifest.json        {"format": "unet-lens-model/1", run_id, created, preset, input_size,
                           architecture, dataset, split, params, metrics, history, versions,
-                          files: {"model.keras": sha256}}
+                          files: {"model.keras": sha256}}; an imported run adds
+                          model_file, imported {source_name, source_sha256, custom_objects,
+                          detected, overrides, check}, adapter {...} and embedding_layer
     history.csv          one row per epoch
 
 embeddings/<run>/
@@ -74,6 +77,10 @@ THUMB_KINDS = ("thumb", "true", "pred", "overlay", "image")
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
+#: An imported legacy model is stored under this name (an imported .keras under MODEL_FILE).
+MODEL_FILE_H5 = "model.h5"
+#: The only names ``manifest["model_file"]`` may give (never a path from a manifest).
+MODEL_FILES = (MODEL_FILE, MODEL_FILE_H5)
 HISTORY_FILE = "history.csv"
 TILES_FILE = "tiles.parquet"
 VECTORS_FILE = "vectors.npy"
@@ -257,13 +264,30 @@ def read_model_manifest(run_id: str, store: Path | None = None) -> dict:
     return manifest
 
 
+def model_file_name(manifest: dict, run_id: str = "") -> str:
+    """The model file of a run: ``model.keras``, or what an imported run's manifest names
+    (one of ``MODEL_FILES``; anything else is refused, never used as a path)."""
+    name = manifest.get("model_file", MODEL_FILE)
+    if name not in MODEL_FILES:
+        raise ArtifactError(f"model run {run_id!r}: manifest 'model_file' must be one of "
+                            f"{list(MODEL_FILES)}. Got {name!r} instead.")
+    return name
+
+
+def model_default_layer(manifest: dict) -> str:
+    """The layer a model run embeds from by default: an imported run's ``embedding_layer``,
+    else the native U-Net's ``bottleneck``."""
+    return str(manifest.get("embedding_layer") or "bottleneck")
+
+
 def verify_model_file(run_id: str, store: Path | None = None) -> tuple[Path, str]:
-    """Check model.keras exists and matches the manifest's SHA-256; return (path, sha)."""
+    """Check the model file exists and matches the manifest's SHA-256; return (path, sha)."""
     manifest = read_model_manifest(run_id, store)
-    path = model_dir(run_id, store) / MODEL_FILE
+    name = model_file_name(manifest, run_id)
+    path = model_dir(run_id, store) / name
     if not path.is_file():
         raise ArtifactError(f"model run {run_id!r}: {path} is missing.")
-    expected = manifest.get("files", {}).get(MODEL_FILE)
+    expected = manifest.get("files", {}).get(name)
     found = sha256_file(path)
     if expected != found:
         raise ArtifactError(
@@ -274,14 +298,77 @@ def verify_model_file(run_id: str, store: Path | None = None) -> tuple[Path, str
 
 
 def load_model(run_id: str, store: Path | None = None) -> keras.Model:
-    """Load a stored model after checking its hash; ``safe_mode`` on, no compile."""
+    """Load a stored model after checking its hash; ``safe_mode`` on, no compile.
+
+    An imported run (manifest ``adapter``) loads the original file as it was imported (with
+    the classes of its ``--custom-objects`` module, whose code the importer chose to trust)
+    and returns the canonical model built around it (``app.ml.adapter``): input ``image``
+    0..255, ``logits``, ``mask``, the user's layers under their own names.
+    """
     path, _ = verify_model_file(run_id, store)
+    manifest = read_model_manifest(run_id, store)
     import keras  # lazy: see save_model_run
 
+    adapter = manifest.get("adapter")
+    custom: dict = {}
+    if adapter:
+        from app.ml.importer import custom_objects_from  # lazy: imported runs only
+
+        custom = custom_objects_from((manifest.get("imported") or {}).get("custom_objects"))
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True,
+                                        custom_objects=custom or None)
     except Exception as exc:  # keras raises many types for a corrupt archive
         raise ArtifactError(f"model run {run_id!r}: could not load {path}: {exc}") from exc
+    if not adapter:
+        return model
+    from app.ml.adapter import build_canonical  # lazy: TensorFlow layers
+
+    try:
+        return build_canonical(model, adapter)
+    except Exception as exc:
+        raise ArtifactError(f"model run {run_id!r}: the imported model in {path} no longer fits "
+                            f"its manifest's adapter ({exc}); import it again.") from exc
+
+
+def save_imported_model_run(
+    source: Path, run_id: str, *, kind: str, fields: dict, expected_sha256: str | None,
+    store: Path | None = None,
+) -> Path:
+    """Copy an imported model file byte for byte into ``model_store/<run_id>/`` (temp folder,
+    then rename) with its manifest; the file is never re-saved. ``fields`` are the manifest
+    entries the importer detected and resolved; the copy's SHA-256 must be ``expected_sha256``
+    (the file did not change while it was being checked)."""
+    name = MODEL_FILE if kind == "keras" else MODEL_FILE_H5
+    final = model_dir(run_id, store)
+    with atomic_dir(final) as tmp:
+        digest = hashlib.sha256()
+        with Path(source).open("rb") as src, (tmp / name).open("wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                dst.write(block)
+        sha = digest.hexdigest()
+        if expected_sha256 is not None and sha != expected_sha256:
+            raise ArtifactError(f"{source} changed while it was being imported; import it again.")
+        manifest = {
+            "format": MODEL_FORMAT,
+            "run_id": run_id,
+            "created": now_iso(),
+            "preset": "imported",
+            "input_size": None,
+            "architecture": {},
+            "dataset": {},
+            "split": {},
+            "params": {},
+            "metrics": {},
+            "history": [],
+            **fields,
+            "model_file": name,
+            "versions": versions(),
+            "files": {name: sha},
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return final
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -580,6 +667,8 @@ __all__ = [
     "LABELS_FILE",
     "MANIFEST",
     "MODEL_FILE",
+    "MODEL_FILES",
+    "MODEL_FILE_H5",
     "MODEL_FORMAT",
     "REDUCED_DIR",
     "REDUCERS_DIR",
@@ -598,12 +687,15 @@ __all__ = [
     "list_runs",
     "load_model",
     "make_tile_dirs",
+    "model_default_layer",
     "model_dir",
+    "model_file_name",
     "read_json",
     "read_model_manifest",
     "read_verified_files",
     "reduced_file",
     "reducer_file",
+    "save_imported_model_run",
     "save_model_run",
     "save_tile_image",
     "sha256_file",

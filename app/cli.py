@@ -306,7 +306,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         out = export_savedmodel(args.model_run, Path(args.out), overwrite=args.overwrite)
         print(f"SavedModel of model run {args.model_run} written to {out} "
-              "(signature serving_default: image -> mask, bottleneck)")
+              "(signature serving_default: image -> mask, bottleneck = the model's embedding "
+              "layer)")
         return 0
     from app.export import export_projector
 
@@ -315,6 +316,73 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"Embedding Projector files of run {args.run} written to {out} "
           f"(tensorboard --logdir {out}, then the Projector tab)")
     return 0
+
+
+def cmd_import_model(args: argparse.Namespace) -> int:
+    """``import-model``: detect, check and store a U-Net trained elsewhere."""
+    from app.ml.importer import format_table, import_model
+
+    result = import_model(
+        Path(args.path), args.run_id, custom_objects=args.custom_objects,
+        overwrite=args.overwrite, dry_run=args.dry_run, trained_on=args.trained_on,
+        log=lambda msg: print(msg, flush=True),
+        input_size=args.input_size, size_multiple=args.size_multiple,
+        input_range=args.input_range, mean=args.mean, std=args.std, output=args.output,
+        building_channel=args.building_channel, embedding_layer=args.embedding_layer,
+    )
+    print(format_table(result.rows))
+    print(f"check: the wrapped model's mask equals the model's building probability "
+          f"(max difference {result.check['max_abs_diff']:.2g} on a "
+          f"{result.check['size'][0]}x{result.check['size'][1]} image)")
+    if result.path is None:
+        print("dry run: nothing written")
+        return 0
+    print(f"model run written to {result.path} (the file is stored as it is, SHA-256 "
+          "recorded; it is never re-saved)")
+    print(f"next: python -m app embed --model-run {args.run_id} --dataset DATASET --run-id "
+          f"{args.run_id}-emb && python -m app reduce {args.run_id}-emb")
+    return 0
+
+
+def _add_import_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "import-model", help="import a U-Net trained elsewhere (.keras or legacy .h5)",
+        description="Import a Keras U-Net so that every page works on it. The file is loaded "
+        "with safe_mode=True (no lambda code), checked, and copied as it is into "
+        "model_store/<run-id>/; a table says what was detected, each item can be overridden.")
+    p.add_argument("path", help="the model file: a Keras 3 .keras archive or a legacy .h5")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--custom-objects", metavar="MODULE", default=None,
+                   help="a Python module (importable name) that defines or registers the "
+                        "model's custom layers. Importing it RUNS ITS CODE, here and in every "
+                        "process that later loads this run (embed, serve): name only a module "
+                        "you trust")
+    p.add_argument("--input-size", type=int, default=None, metavar="N",
+                   help="resize every image to N x N for the model (default: the model's "
+                        "fixed size, or none for a free-size model)")
+    p.add_argument("--size-multiple", type=int, default=None, metavar="M",
+                   help="free-size model: pad images to a multiple of M (default: probed)")
+    p.add_argument("--input-range", choices=["0-1", "0-255", "-1-1"], default=None,
+                   help="what pixel range the model expects (default: 0-255 when it rescales "
+                        "inside, else 0-1)")
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="V",
+                   help="per-channel mean (1 or 3 values, in --input-range units) subtracted "
+                        "after the range scaling")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="V",
+                   help="per-channel std (1 or 3 values) divided by after the mean")
+    p.add_argument("--output", choices=["sigmoid", "logits", "softmax"], default=None,
+                   help="what the model returns (default: detected): sigmoid probabilities, "
+                        "logits (1 channel: sigmoid logits; N: softmax logits), softmax")
+    p.add_argument("--building-channel", type=int, default=None, metavar="C",
+                   help="the output channel that is 'building' (default: 0 of 1, else 1)")
+    p.add_argument("--embedding-layer", default=None, metavar="NAME",
+                   help="the layer the maps embed from (default: the deepest spatial layer)")
+    p.add_argument("--trained-on", default=None, metavar="TEXT",
+                   help="what the model was trained on, in words (stored as the manifest's "
+                        "dataset name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument("--dry-run", action="store_true", help="detect and check; write nothing")
+    p.set_defaults(func=cmd_import_model)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -381,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-run", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--run-id", required=True)
-    p.add_argument("--layer", default="bottleneck")
+    p.add_argument("--layer", default=None,
+                   help="layer to embed (default: the model's: bottleneck, or an imported "
+                        "model's embedding layer)")
     p.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"], default="gap")
     p.add_argument("--splits", nargs="*", default=None, metavar="SPLIT",
                    help="only the tiles of these splits (train, val, test); "
@@ -438,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--no-sprite", action="store_true", help="skip sprite.png")
     e.set_defaults(func=cmd_export)
+
+    _add_import_parser(sub)
 
     p = sub.add_parser("runs", help="list stored model and embeddings runs")
     p.set_defaults(func=cmd_runs)

@@ -54,7 +54,7 @@ def run_embed(
     dataset_path: Path,
     run_id: str,
     *,
-    layer: str = "bottleneck",
+    layer: str | None = None,
     representation: str = "gap",
     splits: Sequence[str] | None = None,
     limit: int | None = None,
@@ -67,10 +67,13 @@ def run_embed(
 
     ``extract_kwargs`` go to :func:`app.ml.extract.extract_embeddings` (batch_size,
     projection_dims, projection, random_state, dtype, thumb_size, threshold, progress).
+    ``layer`` None: the model's default (``artifacts.model_default_layer``).
     """
     artifacts.validate_run_id(run_id)
     final = artifacts.embeddings_dir(run_id, embeddings_root)
     _, model_sha = artifacts.verify_model_file(model_run, model_store)
+    layer = layer or artifacts.model_default_layer(
+        artifacts.read_model_manifest(model_run, model_store))
     model = artifacts.load_model(model_run, model_store)
     dataset = TileDataset.open(Path(dataset_path))
     tile_ids = tile_id_filter(dataset.table, splits, limit)

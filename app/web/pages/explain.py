@@ -183,7 +183,8 @@ def setup(run_id: str | None, layer: str | None) -> tuple:
     if empty is not None:
         return ("", None, empty, components.HIDDEN, [], None, [], 0, "")
     layers = info.service.conv_layers()
-    layer = layer if layer in layers else ("bottleneck" if "bottleneck" in layers else layers[-1])
+    default = info.service.default_layer  # bottleneck, or an imported model's embedding layer
+    layer = layer if layer in layers else (default if default in layers else layers[-1])
     version = runs.run_version(run)
     cards = [components.tile_card(run.run_id, version, t, html.Span(note, className="card-note"),
                              cls="lens-card",
@@ -466,7 +467,7 @@ def activation_maximisation(set_progress: Any, n_clicks: int, channel: Any,
     info = runs.model_for(run)
     if run is None or not info.ok:
         return no_update, components.message(info.message or "No run.")
-    layer = run.layer if run.layer in info.service.conv_layers() else "bottleneck"
+    layer = run.layer if run.layer in info.service.conv_layers() else info.service.default_layer
     try:
         ch = int(channel)
     except (TypeError, ValueError):

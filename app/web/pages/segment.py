@@ -252,10 +252,10 @@ def upload_gradcam(result: dict | None, run_id: str | None) -> Any:
     info = runs.model_for(runs.get_run(run_id))
     if not stored or not info.ok:
         return components.placeholder("Grad-CAM (bottleneck)", "unavailable: upload the image again")
-    out = info.service.explain(stored["image"], "seg-grad-cam", layer="bottleneck",
-                               target="predicted")
+    layer = info.service.default_layer  # bottleneck, or an imported model's embedding layer
+    out = info.service.explain(stored["image"], "seg-grad-cam", layer=layer, target="predicted")
     res = out.result
-    caption = "Grad-CAM (bottleneck)"
+    caption = f"Grad-CAM ({layer})"
     timing = components.timing_text(out.ms, out.device, out.cached, out.compute_ms)
     if res.empty:
         return components.placeholder(caption, res.message)
