@@ -10,9 +10,10 @@ representations):
   distribution, never seen, the negatives;
 - ``xbd``: the real tiles of ``--xbd`` (``../shared/data/xbd``): the positives.
 
-For every representation (GAP, GAP+GMP) × distance (cosine, Euclidean, Mahalanobis) × k it
+For every representation (GAP, GAP+GMP) × transform (none, log: ``log1p(x / (0.1 × mean))``) ×
+distance (cosine, Euclidean, Mahalanobis) × k it
 reports the AUROC of the guard's score for "real vs synthetic" (tiles, and scenes scored like an
-upload: the median of their tiles' distances), the share of each flagged above the 99th
+upload: the mean of their tiles' distances), the share of each flagged above the 99th
 percentile, and the AUROC of the score for "this tile's F1 < 0.5" (pooled, and within xBD).
 Everything it makes stays under ``--work`` (never in the repository: it is made from xBD).
 """
@@ -37,7 +38,8 @@ DATASETS = {
 }
 REPRESENTATIONS = ("gap", "avgmax")
 METRICS = ("cosine", "euclidean", "mahalanobis")
-KS = (1, 5, 10)
+KS = (5, 10)
+TRANSFORMS = ("none", "log")
 
 
 class Embedded:
@@ -122,21 +124,21 @@ def evaluate(runs: dict[str, Any], percentile: float = 99.0) -> list[dict[str, A
 
     demo, new, real = runs["demo-synthetic"], runs["synth-new"], runs["xbd"]
     rows = []
-    for rep, metric, k in itertools.product(REPRESENTATIONS, METRICS, KS):
+    for rep, transform, metric, k in itertools.product(REPRESENTATIONS, TRANSFORMS, METRICS, KS):
         t0 = time.perf_counter()
         index, _ = fit_ood_index(_vectors(demo, rep), demo.tiles["tile_id"].astype(str),
                                  demo.tiles["split"].astype(str), k=k, metric=metric,
-                                 percentile=percentile)
+                                 percentile=percentile, transform=transform)
         s_new, s_real = index.score(_vectors(new, rep)), index.score(_vectors(real, rep))
         y = np.r_[np.zeros(len(s_new.score)), np.ones(len(s_real.score))]
         score = np.r_[s_new.score, s_real.score]
         dist = np.r_[s_new.distance, s_real.distance]
-        # scenes scored as uploads are: the median of their tiles' distances
+        # scenes scored as uploads are: the mean of their tiles' distances
         scene_d, scene_y = [], []
         for run, label, s in ((new, 0, s_new), (real, 1, s_real)):
             scenes = run.tiles["scene_id"].astype(str).to_numpy()
             for sid in np.unique(scenes):
-                scene_d.append(float(np.median(s.distance[scenes == sid])))
+                scene_d.append(float(np.mean(s.distance[scenes == sid])))
                 scene_y.append(label)
         scene_score = index.percentile_of(np.asarray(scene_d))
         scene_y = np.asarray(scene_y)
@@ -146,6 +148,7 @@ def evaluate(runs: dict[str, Any], percentile: float = 99.0) -> list[dict[str, A
         real_ok = ok[len(s_new.score):]
         rows.append({
             "representation": "GAP" if rep == "gap" else "GAP+GMP", "metric": metric, "k": k,
+            "transform": transform,
             "auroc_real": roc_auc_score(y, score), "auroc_real_distance": roc_auc_score(y, dist),
             "auroc_scene": roc_auc_score(scene_y, scene_score),
             "flag_new": float(np.mean(s_new.score > percentile)),
@@ -173,15 +176,15 @@ def markdown(rows: list[dict[str, Any]], runs: dict[str, Any]) -> str:
         f"tiles. Negatives: {n['synth-new']} tiles ({scenes['synth-new']} scenes) of synthetic "
         f"locations the model never saw; positives: {n['xbd']} real xBD tiles "
         f"({scenes['xbd']} scenes, model F1 < 0.5 on {np.mean(f1[np.isfinite(f1)] < 0.5):.0%} of "
-        "them). Scene = scored as an upload is (median of its tiles' distances).",
+        "them). Scene = scored as an upload is (mean of its tiles' distances).",
         "",
-        "| representation | distance | k | AUROC real vs synth (tiles) | AUROC (scenes) | "
+        "| representation | transform | distance | k | AUROC real vs synth (tiles) | AUROC (scenes) | "
         "flagged > p99: synth / real tiles | synth / real scenes | AUROC F1 < 0.5 (all; xBD only) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['representation']} | {r['metric']} | {r['k']} | {r['auroc_real']:.3f} "
+            f"| {r['representation']} | {r['transform']} | {r['metric']} | {r['k']} | {r['auroc_real']:.3f} "
             f"(distance {r['auroc_real_distance']:.3f}) | {r['auroc_scene']:.3f} | "
             f"{r['flag_new']:.1%} / {r['flag_real']:.1%} | "
             f"{r['flag_new_scene']:.0%} / {r['flag_real_scene']:.0%} | "
