@@ -93,8 +93,9 @@ def check_image(run: Any, service: Any, image: np.ndarray) -> dict[str, Any]:
                           f"(score {verdict['score']:.1f}); the nearest training tiles are "
                           f"{', '.join(names[:N_NAMED])}.")
     else:
-        out["message"] = (f"The image resembles the training tiles (out-of-distribution score "
-                          f"{verdict['score']:.1f} of 100; warns above "
+        out["message"] = (f"Out-of-distribution score {verdict['score']:.1f} of 100: farther "
+                          f"from the training tiles than {verdict['score']:.0f} % of the held-out "
+                          "tiles the model never saw (the warning starts above "
                           f"{verdict['percentile']:g}).")
     return out
 
