@@ -466,7 +466,8 @@ def score_image(index: OODIndex, run: EmbeddingsRun, model: keras.Model,
     rep = index.params["representation"]
     tiles = image_tiles(np.asarray(image, dtype=np.uint8), run_tile_size(run))
     shapes = {t.shape for t in tiles}
-    fm = run.memo(("ood_feature_model", id(model), index.params["layer"]),
+    # The key ``app.ml.apply.embed_for_run`` uses: one feature model (and traced graph) per run.
+    fm = run.memo(("feature_model", id(model), index.params["layer"]),
                   lambda: (model, _feature_model(model, index.params["layer"])))[1]
     vecs = np.concatenate([
         tile_vectors(model, [t for t in tiles if t.shape == s], index.params["layer"], rep, fm)

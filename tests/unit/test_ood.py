@@ -284,6 +284,44 @@ def test_reduce_fits_the_guard_and_uploads_get_a_verdict(real_run, monkeypatch) 
     assert wrong["available"] is False and "belongs to model" in wrong["message"]
 
 
+def test_another_pooling_is_recomputed_from_the_stored_tiles(real_run, monkeypatch) -> None:
+    """``representation="avgmax"`` re-embeds the run's stored tiles with its model, stores those
+    vectors with the index (the run holds GAP), and scores uploads the same way."""
+    from app.ml.inference import ModelService, ResultCache
+    from app.web.logic import ood as ood_logic
+
+    store, root, model_run, run_id, ds = real_run
+    monkeypatch.setattr(config, "MODEL_STORE", store)
+    try:
+        entry = run_ood(run_id, {"representation": "avgmax", "metric": "cosine"},
+                        embeddings_root=root, model_store=store, progress=False)
+        run = EmbeddingsRun.open(run_id, root, model_store=store)
+        dims = run.manifest["counts"]["dims"]
+        assert entry["params"]["representation"] == "avgmax"
+        assert entry["params"]["dims"] == 2 * dims
+        arrays = run.ood_arrays()
+        assert arrays["train_vectors"].shape[1] == 2 * dims
+        service = ModelService(model_run, store=store, cache=ResultCache())
+        far = ood_logic.check_image(run, service, _far_image())
+        assert far["available"] and far["ood"] is True
+        train_tile = run.tiles.loc[run.tiles["split"] == "train", "tile_id"].iat[0]
+        seen = ood_logic.check_image(run, service, ds.image(train_tile))
+        assert seen["available"] and seen["score"] < 50
+    finally:  # the other tests of the module expect the default guard
+        run_ood(run_id, embeddings_root=root, model_store=store, progress=False)
+
+
+def test_hover_card_shows_the_score(fixture_root) -> None:
+    from app.web.components import tooltip
+
+    root, run_id = fixture_root
+    run_ood(run_id, embeddings_root=root, progress=False)
+    run = EmbeddingsRun.open(run_id, root, check_model=False)
+    rec = tile_logic.tile_record(run.tiles, 5)
+    text = json.dumps(tooltip(run_id, "v", rec), default=lambda o: o.to_plotly_json())
+    assert "OOD score" in text and f"{rec['ood_score']:.0f}" in text
+
+
 def test_segment_page_and_api_show_the_warning(real_run, monkeypatch) -> None:
     from PIL import Image
 
