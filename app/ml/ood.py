@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "random_state": 0,
 }
 _CHUNK = 2048
+_CHUNK_CELLS = 8_000_000
 
 
 def validate_params(params: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
@@ -280,8 +281,9 @@ def _knn(data: np.ndarray, Z: np.ndarray, k: int, metric: str,
     sq = np.einsum("ij,ij->i", data, data) if metric != "cosine" else None
     rows_out = np.empty((Z.shape[0], k_eff), np.int64)
     dist_out = np.empty((Z.shape[0], k_eff), np.float64)
-    for start in range(0, Z.shape[0], _CHUNK):
-        q = Z[start:start + _CHUNK]
+    chunk = max(16, min(_CHUNK, _CHUNK_CELLS // max(n, 1)))  # ≤ ~64 MB of distances at once
+    for start in range(0, Z.shape[0], chunk):
+        q = Z[start:start + chunk]
         dots = q @ data.T
         if metric == "cosine":
             d = np.clip(1.0 - dots, 0.0, 2.0)
@@ -290,7 +292,7 @@ def _knn(data: np.ndarray, Z: np.ndarray, k: int, metric: str,
             d = np.sqrt(np.maximum(qsq[:, None] - 2 * dots + sq[None, :], 0.0))
         d = d.astype(np.float64)
         if exclude is not None:
-            ex = exclude[start:start + _CHUNK]
+            ex = exclude[start:start + chunk]
             hit = ex >= 0
             d[np.nonzero(hit)[0], ex[hit]] = np.inf
         part = np.argpartition(d, k_eff - 1, axis=1)[:, :k_eff]

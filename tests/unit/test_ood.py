@@ -65,6 +65,15 @@ def test_percentile_counts_ties_half_and_bounds() -> None:
     assert index.percentile_of(np.array([cal[19]]))[0] == pytest.approx(100 * 39 / 80)
 
 
+def test_search_in_chunks_gives_the_same_neighbours(monkeypatch) -> None:
+    X, ids, splits = _blobs()
+    whole, whole_scores = ood.fit_ood_index(X, ids, splits)
+    monkeypatch.setattr(ood, "_CHUNK_CELLS", 120 * 16)  # 16 queries at a time
+    chunked, chunked_scores = ood.fit_ood_index(X, ids, splits)
+    np.testing.assert_array_equal(whole_scores.nearest, chunked_scores.nearest)
+    np.testing.assert_allclose(whole.calibration, chunked.calibration, rtol=1e-5)
+
+
 def test_max_train_samples_the_index_with_the_seed() -> None:
     X, ids, splits = _blobs(n_train=200)
     a, _ = ood.fit_ood_index(X, ids, splits, max_train=50, random_state=3)
