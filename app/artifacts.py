@@ -391,20 +391,22 @@ class EmbeddingsRun:
                     "tiles as tiles.parquet. Re-run `python -m app reduce`."
                 )
             table = pd.concat([table, coords.drop(columns=["tile_id"])], axis=1)
-        scores = self.ood_scores()
+        scores = self.ood_scores(table["tile_id"].to_numpy())
         if scores is not None:
             table = pd.concat([table, scores.drop(columns=["tile_id"])], axis=1)
         return table
 
-    def ood_scores(self) -> pd.DataFrame | None:
-        """``ood/scores.parquet`` when the run has one that lists the same tiles (else None: a
-        stale or missing guard never breaks the tile table; ``ood_problem`` says why)."""
+    def ood_scores(self, tile_ids: np.ndarray | None = None) -> pd.DataFrame | None:
+        """``ood/scores.parquet`` when the run has one that lists the same tiles as
+        ``tile_ids`` (default: tiles.parquet's), else None: a stale or missing guard never
+        breaks the tile table (``ood_problem`` says what is missing)."""
         path = self.path / OOD_DIR / OOD_SCORES_FILE
         if not path.is_file() or not (self.manifest.get("ood") or {}).get("files"):
             return None
         try:
             scores = _read_parquet(path, self.run_id)
-            base = _read_parquet(self.path / TILES_FILE, self.run_id)["tile_id"].to_numpy()
+            base = (tile_ids if tile_ids is not None else
+                    _read_parquet(self.path / TILES_FILE, self.run_id)["tile_id"].to_numpy())
         except ArtifactError:
             return None
         if len(scores) != len(base) or not (scores["tile_id"].to_numpy() == base).all():
