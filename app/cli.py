@@ -138,20 +138,21 @@ def cmd_ood(args: argparse.Namespace) -> int:
     from app.pipeline import run_ood
 
     params = {"k": args.k, "metric": args.metric, "percentile": args.percentile,
-              "random_state": args.seed}
+              "transform": args.transform, "random_state": args.seed}
     if args.representation:
         params["representation"] = args.representation
     entry = run_ood(args.run_id, params)
     info, p = entry["info"], entry["params"]
     print(f"out-of-distribution guard of {args.run_id}: {info['n_train']} training tiles "
           f"indexed, {info['n_calibration']} held-out tiles calibrate; k = {p['k']}, "
-          f"{p['metric']} on {p['representation']} of {p['layer']}; warns above the "
+          f"{p['metric']} on {p['transform']} {p['representation']} of {p['layer']}; warns "
+          "above the "
           f"{p['percentile']:g}th percentile (distance {info['threshold_distance']:.4g})")
     return 0
 
 
 def _add_ood_parser(sub: Any) -> None:
-    from app.ml.ood import DEFAULTS, METRICS, REPRESENTATIONS
+    from app.ml.ood import DEFAULTS, METRICS, REPRESENTATIONS, TRANSFORMS
 
     p = sub.add_parser("ood", help="fit the out-of-distribution guard of an embeddings run "
                                    "(reduce does it too)")
@@ -163,6 +164,8 @@ def _add_ood_parser(sub: Any) -> None:
     p.add_argument("--representation", choices=REPRESENTATIONS, default=DEFAULTS["representation"],
                    help="pooling of the run's layer (default: the run's own vectors; another "
                         "re-embeds its stored tiles with the model)")
+    p.add_argument("--transform", choices=TRANSFORMS, default=DEFAULTS["transform"],
+                   help="log1p of the activations first, or none (default: %(default)s)")
     p.add_argument("--percentile", type=float, default=DEFAULTS["percentile"],
                    help="warn above this percentile of held-out distances (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS["random_state"])

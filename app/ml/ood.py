@@ -47,17 +47,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from app.artifacts import EmbeddingsRun
 
 __all__ = [
-    "DEFAULTS", "METRICS", "REPRESENTATIONS", "OODIndex", "OODScores", "fit_ood",
-    "fit_ood_index", "image_tiles", "load_ood", "score_image", "scores_table", "trained_on", "validate_params",
-    "vectors_from_stored_tiles",
+    "DEFAULTS", "METRICS", "REPRESENTATIONS", "TRANSFORMS", "OODIndex", "OODScores", "fit_ood",
+    "fit_ood_index", "image_tiles", "load_ood", "run_tile_size", "score_image", "scores_table",
+    "tile_vectors", "trained_on", "validate_params", "vectors_from_stored_tiles",
 ]
 
 METRICS: tuple[str, ...] = ("cosine", "euclidean", "mahalanobis")
 TRANSFORMS: tuple[str, ...] = ("log", "none")
 REPRESENTATIONS: tuple[str, ...] = ("gap", "avgmax")
 #: The parameters of a fit; :func:`validate_params` checks each one. ``representation`` None
-#: means the run's own vectors.
-#: Chosen by ``bench/ood.py`` (BENCHMARKS.md, "ood"): GAP of the bottleneck (the run's own
+#: means the run's own vectors. Chosen by ``bench/ood.py`` (BENCHMARKS.md, "ood"): GAP of the bottleneck (the run's own
 #: vectors), log transform, Mahalanobis, k = 5 separated real xBD tiles from unseen synthetic
 #: ones best at the 99th percentile (AUROC 0.96; 60 % of real tiles and 0 % of unseen
 #: synthetic ones flagged).
