@@ -38,6 +38,11 @@ embeddings/<run>/
         sweep.json       K-means sweep (k, inertia, silhouette, best_k, chosen_k, agreement)
         labels.npy       (len(k), n_tiles) int32 cluster labels for every k of the sweep
         reducers/        pca.npz, tsne.pkl, umap.pkl (+ sha256 in manifest["reduce"]["files"])
+    ood/                 written by ``reduce`` / ``python -m app ood`` (``app.ml.ood``):
+        index.npz        train_ids, train_vectors (in the metric's space), calibration (sorted
+                          held-out k-NN distances), mean + whiten (Mahalanobis); plain arrays
+        scores.parquet   tile_id, ood_score (percentile 0-100), ood_distance, ood_nearest
+                          (+ params, sha256 in manifest["ood"])
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ COORDS_FILE = "coords.parquet"  # in REDUCED_DIR
 SWEEP_FILE = "sweep.json"  # in REDUCED_DIR
 LABELS_FILE = "labels.npy"  # in REDUCED_DIR
 REDUCERS_DIR = "reducers"  # in REDUCED_DIR
+OOD_DIR = "ood"
+OOD_INDEX_FILE = "index.npz"  # in OOD_DIR
+OOD_SCORES_FILE = "scores.parquet"  # in OOD_DIR
 #: Files of ``embeddings/<run>/`` whose SHA-256 ``manifest["files"]`` records.
 EMBEDDINGS_HASHED = (VECTORS_FILE, TILES_FILE)
 
@@ -122,6 +130,11 @@ def tile_file(kind: str, tile_id: str) -> str:
 def reduced_file(name: str) -> str:
     """The key of a ``reduced/`` file in ``manifest["reduce"]["files"]`` (its relative path)."""
     return f"{REDUCED_DIR}/{name}"
+
+
+def ood_file(name: str) -> str:
+    """The key of an ``ood/`` file in ``manifest["ood"]["files"]`` (its relative path)."""
+    return f"{OOD_DIR}/{name}"
 
 
 def reducer_file(name: str) -> str:
@@ -465,7 +478,57 @@ class EmbeddingsRun:
                     "tiles as tiles.parquet. Re-run `python -m app reduce`."
                 )
             table = pd.concat([table, coords.drop(columns=["tile_id"])], axis=1)
+        scores = self.ood_scores(table["tile_id"].to_numpy())
+        if scores is not None:
+            table = pd.concat([table, scores.drop(columns=["tile_id"])], axis=1)
         return table
+
+    def ood_scores(self, tile_ids: np.ndarray | None = None) -> pd.DataFrame | None:
+        """``ood/scores.parquet`` when the run has one that lists the same tiles as
+        ``tile_ids`` (default: tiles.parquet's), else None: a stale or missing guard never
+        breaks the tile table (``ood_problem`` says what is missing)."""
+        path = self.path / OOD_DIR / OOD_SCORES_FILE
+        if not path.is_file() or not (self.manifest.get("ood") or {}).get("files"):
+            return None
+        try:
+            scores = _read_parquet(path, self.run_id)
+            base = (tile_ids if tile_ids is not None else
+                    _read_parquet(self.path / TILES_FILE, self.run_id)["tile_id"].to_numpy())
+        except ArtifactError:
+            return None
+        if len(scores) != len(base) or not (scores["tile_id"].to_numpy() == base).all():
+            return None
+        return scores
+
+    def ood_problem(self) -> str | None:
+        """Why the run has no usable out-of-distribution guard, in words (None when it has)."""
+        info = self.manifest.get("ood") or {}
+        if info.get("files") and (self.path / OOD_DIR / OOD_INDEX_FILE).is_file():
+            return None
+        if info.get("skipped"):
+            return f"embeddings run {self.run_id!r} has no out-of-distribution guard: " \
+                   f"{info['skipped']}"
+        return (f"embeddings run {self.run_id!r} has no out-of-distribution guard yet; build it "
+                f"with `python -m app ood {self.run_id}`.")
+
+    def ood_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of ``ood/index.npz``, hash-checked against ``manifest["ood"]`` before
+        parsing, loaded without pickle; ArtifactError when missing or changed."""
+        problem = self.ood_problem()
+        if problem:
+            raise ArtifactError(problem)
+        import io
+
+        hint = f"rebuild it with `python -m app ood {self.run_id}`"
+        files = self.manifest["ood"]["files"]
+        blob = read_verified_files(self.path / OOD_DIR, {OOD_INDEX_FILE: files.get(
+            ood_file(OOD_INDEX_FILE), "")}, (OOD_INDEX_FILE,), hint)[OOD_INDEX_FILE]
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+                return {name: np.asarray(npz[name]) for name in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"embeddings run {self.run_id!r}: "
+                                f"{self.path / OOD_DIR / OOD_INDEX_FILE}: {exc}; {hint}") from exc
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -649,6 +712,33 @@ def write_reduced(
     return files
 
 
+def write_ood(run_dir: Path, arrays: Mapping[str, np.ndarray], scores: pd.DataFrame) -> dict[str, str]:
+    """Write ``ood/`` of the run in ``run_dir`` atomically (the index arrays, plain, and the
+    per-tile scores table); return ``manifest["ood"]["files"]`` (relative path → sha256)."""
+    with atomic_dir(Path(run_dir) / OOD_DIR) as tmp:
+        write_npz(tmp / OOD_INDEX_FILE, arrays)
+        scores.to_parquet(tmp / OOD_SCORES_FILE, index=False)
+        files = {ood_file(name): sha256_file(tmp / name)
+                 for name in (OOD_INDEX_FILE, OOD_SCORES_FILE)}
+    return files
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """An ``.npz`` of plain arrays (no object arrays: readable with ``allow_pickle=False``) whose
+    bytes depend only on the arrays (fixed zip timestamps), so a rebuilt run hashes the same."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, value in arrays.items():
+            arr = np.asarray(value)
+            if arr.dtype == object:
+                raise ValueError(f"{path}: array {name!r} has dtype object; store plain arrays.")
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+
 def update_embeddings_manifest(run: EmbeddingsRun, **entries: Any) -> dict:
     """Re-read the run's manifest, set ``entries`` in it, write it back; return it."""
     path = run.path / MANIFEST
@@ -670,6 +760,9 @@ __all__ = [
     "MODEL_FILES",
     "MODEL_FILE_H5",
     "MODEL_FORMAT",
+    "OOD_DIR",
+    "OOD_INDEX_FILE",
+    "OOD_SCORES_FILE",
     "REDUCED_DIR",
     "REDUCERS_DIR",
     "SWEEP_FILE",
@@ -690,6 +783,7 @@ __all__ = [
     "model_default_layer",
     "model_dir",
     "model_file_name",
+    "ood_file",
     "read_json",
     "read_model_manifest",
     "read_verified_files",
@@ -707,6 +801,8 @@ __all__ = [
     "write_embeddings_manifest",
     "write_files",
     "write_json",
+    "write_npz",
+    "write_ood",
     "write_reduced",
     "write_tiles_table",
     "write_vectors",

@@ -192,6 +192,45 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ood(args: argparse.Namespace) -> int:
+    """Fit (or refit) the out-of-distribution guard of an embeddings run."""
+    from app.pipeline import run_ood
+
+    params = {"k": args.k, "metric": args.metric, "percentile": args.percentile,
+              "transform": args.transform, "random_state": args.seed}
+    if args.representation:
+        params["representation"] = args.representation
+    entry = run_ood(args.run_id, params)
+    info, p = entry["info"], entry["params"]
+    print(f"out-of-distribution guard of {args.run_id}: {info['n_train']} training tiles "
+          f"indexed, {info['n_calibration']} held-out tiles calibrate; k = {p['k']}, "
+          f"{p['metric']} on {p['transform']} {p['representation']} of {p['layer']}; warns "
+          "above the "
+          f"{p['percentile']:g}th percentile (distance {info['threshold_distance']:.4g})")
+    return 0
+
+
+def _add_ood_parser(sub: Any) -> None:
+    from app.ml.ood import DEFAULTS, METRICS, REPRESENTATIONS, TRANSFORMS
+
+    p = sub.add_parser("ood", help="fit the out-of-distribution guard of an embeddings run "
+                                   "(reduce does it too)")
+    p.add_argument("run_id")
+    p.add_argument("--k", type=int, default=DEFAULTS["k"],
+                   help="neighbours averaged (default: %(default)s)")
+    p.add_argument("--metric", choices=METRICS, default=DEFAULTS["metric"],
+                   help="distance (default: %(default)s)")
+    p.add_argument("--representation", choices=REPRESENTATIONS, default=DEFAULTS["representation"],
+                   help="pooling of the run's layer (default: the run's own vectors; another "
+                        "re-embeds its stored tiles with the model)")
+    p.add_argument("--transform", choices=TRANSFORMS, default=DEFAULTS["transform"],
+                   help="log1p of the activations first, or none (default: %(default)s)")
+    p.add_argument("--percentile", type=float, default=DEFAULTS["percentile"],
+                   help="warn above this percentile of held-out distances (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["random_state"])
+    p.set_defaults(func=cmd_ood)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The shipped demo, end to end: synthetic scenes → tiles → model → embeddings → maps."""
     ns = argparse.Namespace
@@ -473,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="chosen k (default: best silhouette)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_reduce)
+
+    _add_ood_parser(sub)
 
     p = sub.add_parser("demo", help="build the shipped demo: synthetic data, model, embeddings")
     p.add_argument("--n-locations", type=int, default=20, help="pre/post scene pairs")

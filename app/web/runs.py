@@ -162,7 +162,8 @@ def _manifest_mtime(path: Path) -> int:
 def run_version(run: EmbeddingsRun) -> str:
     """A short hash that changes whenever the run is rebuilt (for cache keys and image URLs)."""
     key = run.manifest.get("created", "")
-    for name in ("tiles.parquet", "reduced/coords.parquet", "reduced/labels.npy"):
+    for name in ("tiles.parquet", "reduced/coords.parquet", "reduced/labels.npy",
+                 "ood/scores.parquet"):
         path = run.path / name
         if path.is_file():
             st = path.stat()

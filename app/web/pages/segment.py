@@ -51,6 +51,7 @@ def summary_block(res: seg.SegmentResult) -> html.Div:
     how = seg.tiling_description(res.width, res.height)
     chips = [html.Span(n, className="chip chip-note") for n in res.notes]
     return html.Div([
+        *components.ood_block(res.ood),
         html.Div([html.Span(res.name, className="result-name"),
                   html.Span(f"{res.width:,} × {res.height:,} px", className="chip"),
                   *chips], className="result-head"),
