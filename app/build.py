@@ -572,11 +572,6 @@ def _reduce_step(cfg: BuildConfig, steps: _Steps, path: Path, root: Path) -> Non
 
 def _evaluate_step(cfg: BuildConfig, steps: _Steps, dataset_path: Path, store: Path,
                    path: Path) -> None:
-    evaluate_dataset = _evaluator()
-    if evaluate_dataset is None:
-        steps.skip("evaluate", "app.ml.evaluate has no evaluate_dataset in this checkout",
-                   NOT_REACHED)
-        return
     _, model_sha = artifacts.verify_model_file(cfg.model_id, store)
     inputs = {"model_run": cfg.model_id, "model_sha256": model_sha,
               "dataset": artifacts.dataset_identity(dataset_path),
@@ -588,8 +583,18 @@ def _evaluate_step(cfg: BuildConfig, steps: _Steps, dataset_path: Path, store: P
         return
 
     def work() -> None:
-        score = evaluate_dataset(cfg.model_id, dataset_path, splits=tuple(cfg.eval_splits),
-                                 store=store, progress=cfg.progress or None)
+        from tqdm.auto import tqdm
+
+        from app.ml.evaluate import evaluate_dataset
+
+        with tqdm(desc=f"evaluate {'+'.join(cfg.eval_splits)}", unit="tile",
+                  disable=not cfg.progress) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            score = evaluate_dataset(cfg.model_id, dataset_path, splits=tuple(cfg.eval_splits),
+                                     store=store, progress=progress)
         artifacts.write_evaluation(path, {
             "model_run": cfg.model_id, "model_sha256": model_sha,
             "dataset": dataset_path.name, "splits": list(cfg.eval_splits),
@@ -597,15 +602,10 @@ def _evaluate_step(cfg: BuildConfig, steps: _Steps, dataset_path: Path, store: P
         })
         artifacts.stamp_step(path / artifacts.MANIFEST, "evaluate", inputs,
                              f"embeddings run {path.name!r}")
+        for line in score.summary_lines():
+            steps.out(line)
 
     steps.run("evaluate", why or "no scores yet", work)
-
-
-def _evaluator() -> Callable | None:
-    """``app.ml.evaluate.evaluate_dataset`` where this checkout has it."""
-    from app.ml import evaluate
-
-    return getattr(evaluate, "evaluate_dataset", None)
 
 
 # --------------------------------------------------------------------------- summary
@@ -670,12 +670,14 @@ def score_lines(evaluation: dict | None, train_metrics: dict) -> list[str]:
     keys = ("precision", "recall", "f1", "iou")
     if evaluation:
         scores = evaluation.get("scores") or {}
-        pixel = scores.get("pixel") if isinstance(scores.get("pixel"), dict) else scores
-        line = (f"  scores      {'+'.join(evaluation.get('splits', []))} split, model "
-                f"{evaluation.get('model_run')}: {_fmt(pixel, keys)}")
-        building = scores.get("building") if isinstance(scores.get("building"), dict) else {}
+        overall = scores.get("overall") if isinstance(scores.get("overall"), dict) else {}
+        counts = scores.get("counts") or {}
+        line = (f"  scores      {'+'.join(evaluation.get('splits', []))} split "
+                f"({counts.get('scenes')} scenes, every pixel once), model "
+                f"{evaluation.get('model_run')}: pixel {_fmt(overall, keys)}")
+        building = overall.get("building") if isinstance(overall.get("building"), dict) else {}
         if isinstance(building.get("f1"), (int, float)):
-            line += f"  building F1 {building['f1']:.3f}"
+            line += f"; building F1 {building['f1']:.3f} (IoU >= {building.get('iou')})"
         return [line]
     test = train_metrics.get("test")
     if isinstance(test, dict):
