@@ -330,9 +330,11 @@ class _Steps:
         start = time.perf_counter()
         try:
             value = work()
-        except BaseException:
+        except BaseException as exc:
             seconds = time.perf_counter() - start
             self.results.append(StepResult(name, FAILED, reason, seconds))
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.out(f"{self.header(name)}: failed after {_duration(seconds)}: {first}")
             raise
         seconds = time.perf_counter() - start
         self.results.append(StepResult(name, RAN, reason, seconds))
