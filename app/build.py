@@ -37,11 +37,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,7 @@ class BuildConfig:
     # train: TrainConfig fields (preset, epochs, batch_size, learning_rate, ...)
     train: dict[str, Any] = field(default_factory=dict)
     # embed
-    layer: str = "bottleneck"
+    layer: str | None = None  # default: the model's (bottleneck; an imported model's own)
     representation: str = "gap"
     embed_splits: list[str] | None = None
     embed_limit: int | None = None
@@ -197,7 +198,8 @@ class BuildConfig:
 
     @property
     def embeddings_id(self) -> str:
-        return self.embeddings_run or f"{self.run_id}-{self.layer}"
+        layer = re.sub(r"[^A-Za-z0-9_.-]", "_", self.layer or "bottleneck")
+        return self.embeddings_run or f"{self.run_id}-{layer}"
 
     @property
     def model_id(self) -> str:
@@ -243,7 +245,7 @@ def check_config(cfg: BuildConfig, *, datasets_dir: Path, model_store: Path,
         raise ValueError(f"The '--source' option must be one of {list(SOURCES)}. "
                          f"Got {cfg.source!r} instead.")
     for what, value in (("--run-id", cfg.run_id), ("--dataset-name", cfg.dataset_id),
-                        ("--embeddings-run", cfg.embeddings_id)):
+                        ("--embeddings-run", cfg.embeddings_id)):  # (layer resolved first)
         try:
             artifacts.validate_run_id(value)
         except ArtifactError as exc:
@@ -296,6 +298,23 @@ def check_config(cfg: BuildConfig, *, datasets_dir: Path, model_store: Path,
                     f"{what} {path} exists and was not made by `build` (no build record in "
                     f"its manifest); it is left untouched. Choose another {flag}, or pass "
                     f"--overwrite to replace it.{hint}")
+
+
+def model_layer(cfg: BuildConfig, model_store: Path) -> str:
+    """The layer to embed: ``--layer``, else the given model's default (an imported run's
+    ``embedding_layer``, as ``artifacts.model_default_layer`` reads it), else ``bottleneck``
+    (what ``train`` builds). A given model that cannot be read is left to ``check_config``."""
+    if cfg.layer:
+        return cfg.layer
+    if cfg.model_run:
+        try:
+            manifest = artifacts.read_model_manifest(cfg.model_run, model_store)
+        except ArtifactError:
+            return "bottleneck"
+        default = getattr(artifacts, "model_default_layer", None)
+        if default is not None:
+            return str(default(manifest))
+    return "bottleneck"
 
 
 def _unowned(path: Path, step: str) -> bool:
@@ -382,6 +401,7 @@ def run_build(
     model_store = Path(model_store or config.MODEL_STORE)
     embeddings_root = Path(embeddings_root or config.EMBEDDINGS_DIR)
     out = out or (lambda line: print(line, flush=True))
+    cfg = replace(cfg, layer=model_layer(cfg, model_store))
     check_config(cfg, datasets_dir=datasets_dir, model_store=model_store,
                  embeddings_root=embeddings_root)
     steps = _Steps(out)
@@ -649,7 +669,8 @@ def summary_lines(result: BuildResult, model_store: Path, emb_path: Path,
                  f"{c.get('tiles')} tiles (train {c.get('train')}, val {c.get('val')}, "
                  f"test {c.get('test')})")
     model = artifacts.read_model_manifest(result.model_run, model_store)
-    made = "given" if result.config.model_run else "trained"
+    made = ("imported" if model.get("imported") else "given, not retrained") \
+        if result.config.model_run else "trained"
     lines.append(f"  model       {_rel(model_store / result.model_run)} ({made})")
     emb = artifacts.read_json(emb_path / artifacts.MANIFEST, "embeddings run")
     counts = emb.get("counts", {})

@@ -83,10 +83,10 @@ DEMO_BUILD_ARGS = [
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The shipped demo, end to end: ``build`` with :data:`DEMO_BUILD_ARGS` (resumable; the
-    committed runs carry no build record, so the first rebuild needs ``--overwrite``)."""
-    extra = ["--overwrite"] if args.overwrite else []
-    return main(["build", *DEMO_BUILD_ARGS, *extra])
+    """The shipped demo, end to end: ``build`` with :data:`DEMO_BUILD_ARGS` and ``--overwrite``
+    (the demo's own runs are what it exists to replace; the committed ones carry no build
+    record). Resumable like any build: a rerun skips the steps whose inputs are unchanged."""
+    return main(["build", *DEMO_BUILD_ARGS, "--overwrite"])
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -154,7 +154,9 @@ def _add_build_parser(sub: Any) -> None:
     g.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget (stops after the epoch that exceeds it)")
     g = p.add_argument_group("embed and reduce")
-    g.add_argument("--layer", default="bottleneck")
+    g.add_argument("--layer", default=None,
+                   help="layer to embed (default: the model's: bottleneck, or an imported "
+                        "model's embedding layer)")
     g.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"],
                    default="gap")
     g.add_argument("--splits", nargs="*", default=None, metavar="SPLIT",
@@ -336,8 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_parser(sub)
 
     p = sub.add_parser("demo", help="build the shipped demo (= build with the demo's flags)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the committed demo runs (they carry no build record)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="start the dashboard")
