@@ -268,3 +268,21 @@ def test_build_on_the_shared_xbd_scenes(tmp_path: Path) -> None:
                         .read_text())["evaluation"]["scores"]
     assert scores["counts"]["scenes"] >= 1 and "by_disaster" in scores
     assert env.build(cfg).states() == dict.fromkeys(STEPS, "skipped")
+
+
+def test_demo_command_runs_build_with_those_flags_and_overwrite(monkeypatch) -> None:
+    """``python -m app demo`` hands exactly DEMO_BUILD_ARGS (+ --overwrite: the committed demo
+    runs carry no build record) to ``build``; the build itself is not run here (20 min)."""
+    import app.build
+
+    seen: list[BuildConfig] = []
+    monkeypatch.setattr(app.build, "run_build", lambda cfg: seen.append(cfg))
+    assert cli.main(["demo"]) == 0
+    (cfg,) = seen
+    assert cfg.overwrite and cfg.model_run is None and cfg.layer == "bottleneck"
+    assert (cfg.run_id, cfg.dataset_id, cfg.embeddings_id) == (
+        config.DEMO_MODEL_RUN, "demo-synthetic", config.DEMO_EMBEDDINGS_RUN)
+    assert cfg.train == {"preset": "light", "epochs": 40, "batch_size": 8,
+                         "learning_rate": 1e-3, "patience": 8, "crop": 128,
+                         "steps_per_epoch": None, "max_minutes": 20.0}
+    assert cfg.methods is None and (cfg.k_min, cfg.k_max, cfg.k) == (2, 10, None)
