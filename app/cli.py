@@ -112,6 +112,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tiling_flags(p: Any) -> None:
+    """The scene and tiling flags ``make-dataset`` and ``build`` share."""
+    p.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post scene pairs")
+    p.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side in pixels")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=0)
+    p.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor first")
+    p.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+
+
 def _add_build_parser(sub: Any) -> None:
     """``python -m app build`` and its flags (grouped by step)."""
     p = sub.add_parser(
@@ -136,13 +146,7 @@ def _add_build_parser(sub: Any) -> None:
                    help="replace a dataset, model or embeddings run of the same id that no "
                         "build made (trained by hand, imported, the committed demo)")
     p.add_argument("--seed", type=int, default=0, help="split, training, maps (default 0)")
-    g = p.add_argument_group("dataset")
-    g.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post pairs")
-    g.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side (px)")
-    g.add_argument("--tile-size", type=int, default=256)
-    g.add_argument("--overlap", type=int, default=0)
-    g.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor")
-    g.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+    _add_tiling_flags(p.add_argument_group("dataset"))
     g = p.add_argument_group("train (skipped with --model-run)")
     g.add_argument("--preset", choices=["light", "seed"], default="light")
     g.add_argument("--epochs", type=int, default=40)
@@ -286,12 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="source folder (xbd: images/ + labels/; folder: images/ + masks/)")
     p.add_argument("--name", default="synthetic", help="dataset name (default: %(default)s)")
     p.add_argument("--out", help="output folder (default: datasets/<name>)")
-    p.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post scene pairs")
-    p.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side in pixels")
-    p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--overlap", type=int, default=0)
-    p.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor first")
-    p.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+    _add_tiling_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_dataset)
 
