@@ -12,13 +12,16 @@ model_store/<run>/
     model.keras          Keras 3 archive, loaded with ``safe_mode=True, compile=False``
     manifest.json        {"format": "unet-lens-model/1", run_id, created, preset, input_size,
                           architecture, dataset, split, params, metrics, history, versions,
-                          files: {"model.keras": sha256}}
+                          files: {"model.keras": sha256}, build: {"train": stamp} (when
+                          ``build`` trained it)}
     history.csv          one row per epoch
 
 embeddings/<run>/
     manifest.json        {"format": "unet-lens-embeddings/1", run_id, created, model_run,
                           model_sha256, layer, representation, dataset, counts, params,
-                          versions, files: {name: sha256}, reduce: {...} (after reduce)}
+                          versions, files: {name: sha256}, reduce: {...} (after reduce),
+                          evaluation: {model_run, model_sha256, dataset, splits, created,
+                          scores} (after build's evaluate step), build: {step: stamp}}
     tiles.parquet        one row per tile: tile_id, source, scene_id, group, split, x, y, size,
                           phase, disaster, ..., metrics (precision, recall, f1, iou,
                           true_fraction, pred_fraction, building_count, dmg_*)
@@ -715,9 +718,11 @@ def dataset_identity(dataset_path: Path) -> dict[str, str]:
 def write_evaluation(run_dir: Path, evaluation: Mapping[str, Any]) -> dict:
     """``manifest["evaluation"]`` of an embeddings run: the held-out scores of its model on its
     dataset (``build``'s evaluate step); return the manifest."""
-    run = EmbeddingsRun(run_id=Path(run_dir).name, path=Path(run_dir),
-                        manifest={})
-    return update_embeddings_manifest(run, evaluation=dict(evaluation))
+    path = Path(run_dir) / MANIFEST
+    manifest = read_json(path, f"embeddings run {Path(run_dir).name!r}")
+    manifest["evaluation"] = dict(evaluation)
+    write_json(path, manifest)
+    return manifest
 
 
 __all__ += [

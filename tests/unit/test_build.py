@@ -286,3 +286,20 @@ def test_demo_command_runs_build_with_those_flags_and_overwrite(monkeypatch) -> 
                          "learning_rate": 1e-3, "patience": 8, "crop": 128,
                          "steps_per_epoch": None, "max_minutes": 20.0}
     assert cfg.methods is None and (cfg.k_min, cfg.k_max, cfg.k) == (2, 10, None)
+
+
+def test_step_records_compare_inputs_by_value(tmp_path: Path) -> None:
+    """``artifacts.stamp_step`` / ``step_state``: key order does not matter, values do; an
+    unreadable or missing record means the step runs."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format": "x", "counts": {"tiles": 3}}))
+    inputs = {"b": [1, 2], "a": {"y": 1, "x": Path("/data")}}
+    assert artifacts.step_state({}, "dataset", inputs) == "unrecorded"
+    done = artifacts.stamp_step(manifest, "dataset", inputs, "test manifest")
+    assert done["counts"] == {"tiles": 3}  # the rest of the manifest is kept
+    again = json.loads(manifest.read_text())
+    assert artifacts.step_state(again, "dataset", {"a": {"x": "/data", "y": 1}, "b": [1, 2]}) \
+        == "unchanged"
+    assert artifacts.step_state(again, "dataset", {**inputs, "b": [1, 3]}) == "changed"
+    assert artifacts.changed_inputs(again, "dataset", {**inputs, "b": [1, 3]}) == ["b"]
+    assert artifacts.step_state(again, "train", inputs) == "unrecorded"
