@@ -211,7 +211,8 @@ class _Progress(keras.callbacks.Callback):
     its epoch ends, so plain lines are written too: after the first step (the one that traces
     the graph), then every ``line_seconds``, each with the steps done of the whole run, the
     seconds per step, the ETA of the epoch and of the run (bounded by the budget) and the
-    budget left.
+    budget left. Seconds per step are a moving average of the step times, the first step
+    (graph tracing) and validation left out once later steps are known.
     """
 
     def __init__(self, epochs: int, steps: int | None, budget: _TimeBudget | None,
@@ -226,12 +227,15 @@ class _Progress(keras.callbacks.Callback):
         self.done = 0  # steps done over every epoch
         self.start = time.monotonic()
         self.next_line = 0.0
+        self.last = self.start  # when the previous step (or the epoch) ended
+        self.per_step: float | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.start = time.monotonic()
+        self.start = self.last = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
+        self.last = time.monotonic()
         total = self.params.get("steps") or self.steps
         self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
                         leave=True, dynamic_ncols=True)
@@ -240,12 +244,17 @@ class _Progress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.done += 1
+        now = time.monotonic()
+        step_seconds, self.last = now - self.last, now
+        if self.done == 2 or self.per_step is None:
+            self.per_step = step_seconds  # the second step replaces the tracing one
+        else:
+            self.per_step = 0.8 * self.per_step + 0.2 * step_seconds
         loss = f"loss {float(logs['loss']):.4f}" if logs and "loss" in logs else ""
         if self.bar is not None:
             self.bar.update(1)
             parts = [p for p in (loss, self.budget.left() if self.budget else "") if p]
             self.bar.set_postfix_str(", ".join(parts), refresh=False)
-        now = time.monotonic()
         if self.lines and now >= self.next_line:
             self.next_line = now + self.line_seconds
             tqdm.write(self.line(batch + 1, loss), file=sys.stderr)
@@ -254,7 +263,7 @@ class _Progress(keras.callbacks.Callback):
         """One plain progress line (see the class docstring)."""
         steps = self.params.get("steps") or self.steps or 0
         elapsed = time.monotonic() - self.start
-        per_step = elapsed / max(1, self.done)
+        per_step = self.per_step if self.per_step is not None else elapsed
         all_steps = steps * self.epochs
         parts = [f"epoch {self.epoch + 1}/{self.epochs} step {step}/{steps or '?'}",
                  f"{self.done}/{all_steps or '?'} steps of the run",
