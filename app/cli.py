@@ -57,6 +57,63 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, random_state=args.seed,
     )
     print(f"embeddings written to {path}")
+    for line in _held_out_lines(path):
+        print(line)
+    return 0
+
+
+def _held_out_lines(run_path: Path) -> list[str]:
+    """The held-out tiles' pixel scores from the per-tile counts embed stored (test split, else
+    val). Summed over tiles, so overlaps and padding count again: ``evaluate`` scores scenes."""
+    from app.ml.metrics import pixel_scores
+
+    run = artifacts.EmbeddingsRun.open(run_path.name, run_path.parent, check_model=False)
+    tiles = run.tiles
+    for split in ("test", "val"):
+        rows = tiles[(tiles["split"].astype(str) == split) & tiles["tp"].notna()]
+        if len(rows):
+            break
+    else:
+        return ["no held-out tiles with ground truth: no metrics"]
+    tp, fp, fn = (int(rows[k].sum()) for k in ("tp", "fp", "fn"))
+    s = pixel_scores(tp, fp, fn, 0)
+    threshold = (run.manifest.get("params") or {}).get("threshold", 0.5)
+    return [f"held-out {split} tiles ({len(rows)}, at threshold {threshold}): "
+            f"pixel precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  "
+            f"IoU {s['iou']:.3f}; mean tile F1 {float(rows['f1'].mean()):.3f}",
+            "  (summed over tiles; `python -m app evaluate` scores whole scenes, each pixel once)"]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on a dataset's stitched scenes; a table, and ``--json`` written atomically."""
+    from tqdm.auto import tqdm
+
+    from app.ml.evaluate import evaluate_dataset
+
+    dataset = Path(args.dataset)
+    if not dataset.is_dir() and not Path(args.dataset).is_absolute() and (
+            config.DATASETS_DIR / args.dataset).is_dir():
+        dataset = config.DATASETS_DIR / args.dataset  # a bare dataset name
+    bars: list[Any] = []  # made on the first tile, so bad input gets only its error line
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="tile", desc="evaluate (tiles)",
+                             disable=args.quiet))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        score = evaluate_dataset(args.model_run, dataset, splits=args.splits, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    for line in score.summary_lines():
+        print(line)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(out, score.to_dict())
+        print(f"scores written to {out}")
     return 0
 
 
@@ -278,6 +335,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model on a dataset's whole scenes (each pixel once): pixel and "
+                         "building scores, per source/disaster/phase",
+        description="Pixel precision, recall, F1 and IoU and building-level F1 (IoU >= 0.5) of a "
+        "model on a tile dataset, overall and per source, disaster and pre/post. Each tile is "
+        "predicted once; each scene is stitched back from its tiles and scored whole, so every "
+        "scene pixel counts once (never twice on overlapping tiles or reflect padding). The "
+        "Evaluate page shows the same numbers.")
+    p.add_argument("--model-run", required=True, help="a model-store run (trained or imported)")
+    p.add_argument("--dataset", required=True, help="a make-dataset output folder (or its name "
+                                                    "under datasets/)")
+    p.add_argument("--splits", nargs="+", default=["test"], metavar="SPLIT",
+                   help="train, val and/or test (default: test)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the scores here (JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app",
@@ -323,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiles per forward pass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_embed)
+
+    _add_evaluate_parser(sub)
 
     p = sub.add_parser("reduce", help="PCA / t-SNE / UMAP maps and a K-means sweep of a run")
     p.add_argument("run_id")
