@@ -415,7 +415,9 @@ def run_build(
         _reduce_step(cfg, steps, emb_path, embeddings_root)
         _evaluate_step(cfg, steps, dataset_path, model_store, emb_path)
     except BaseException:
-        failed = steps.results[-1].name if steps.results else STEPS[0]
+        # The step that failed, or the one being prepared when the build was interrupted.
+        failed = next((s.name for s in steps.results if s.state == FAILED),
+                      STEPS[min(len(steps.results), len(STEPS) - 1)])
         done = {s.name for s in steps.results}
         for name in STEPS:
             if name not in done:
