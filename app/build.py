@@ -685,8 +685,11 @@ def summary_lines(result: BuildResult, model_store: Path, emb_path: Path,
     return lines
 
 
+_LABELS = {"precision": "precision", "recall": "recall", "f1": "F1", "iou": "IoU"}
+
+
 def _fmt(scores: dict, keys: Sequence[str]) -> str:
-    return "  ".join(f"{k} {scores[k]:.3f}" for k in keys
+    return "  ".join(f"{_LABELS.get(k, k)} {scores[k]:.3f}" for k in keys
                      if isinstance(scores.get(k), (int, float)))
 
 
