@@ -597,9 +597,9 @@ def _reduce_step(cfg: BuildConfig, steps: _Steps, path: Path, root: Path) -> Non
 def _evaluate_step(cfg: BuildConfig, steps: _Steps, dataset_path: Path, store: Path,
                    path: Path) -> None:
     _, model_sha = artifacts.verify_model_file(cfg.model_id, store)
+    splits = _eval_splits(cfg, dataset_path, steps)
     inputs = {"model_run": cfg.model_id, "model_sha256": model_sha,
-              "dataset": artifacts.dataset_identity(dataset_path),
-              "splits": list(cfg.eval_splits)}
+              "dataset": artifacts.dataset_identity(dataset_path), "splits": list(splits)}
     manifest = artifacts.read_json(path / artifacts.MANIFEST, f"embeddings run {path.name!r}")
     why = _why(manifest, "evaluate", inputs, f"embeddings run {path}", "no scores yet")
     if why is None and manifest.get("evaluation"):
@@ -611,17 +611,17 @@ def _evaluate_step(cfg: BuildConfig, steps: _Steps, dataset_path: Path, store: P
 
         from app.ml.evaluate import evaluate_dataset
 
-        with tqdm(desc=f"evaluate {'+'.join(cfg.eval_splits)}", unit="tile",
+        with tqdm(desc=f"evaluate {'+'.join(splits)}", unit="tile",
                   disable=not cfg.progress) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            score = evaluate_dataset(cfg.model_id, dataset_path, splits=tuple(cfg.eval_splits),
+            score = evaluate_dataset(cfg.model_id, dataset_path, splits=tuple(splits),
                                      store=store, progress=progress)
         artifacts.write_evaluation(path, {
             "model_run": cfg.model_id, "model_sha256": model_sha,
-            "dataset": dataset_path.name, "splits": list(cfg.eval_splits),
+            "dataset": dataset_path.name, "splits": list(splits),
             "created": artifacts.now_iso(), "scores": score.to_dict(),
         })
         artifacts.stamp_step(path / artifacts.MANIFEST, "evaluate", inputs,
@@ -630,6 +630,19 @@ def _evaluate_step(cfg: BuildConfig, steps: _Steps, dataset_path: Path, store: P
             steps.out(line)
 
     steps.run("evaluate", why or "no scores yet", work)
+
+
+def _eval_splits(cfg: BuildConfig, dataset_path: Path, steps: _Steps) -> tuple[str, ...]:
+    """The splits to score: ``--eval-splits``; the default ``test`` becomes ``val`` when the
+    dataset has no test tile (a few scenes), as training's held-out score does."""
+    splits = tuple(cfg.eval_splits)
+    counts = artifacts.read_json(dataset_path / artifacts.DATASET_MANIFEST,
+                                 f"dataset {dataset_path}").get("counts", {})
+    if splits == ("test",) and not counts.get("test") and counts.get("val"):
+        steps.out(f"{steps.header('evaluate')}: the dataset has no test tiles: scoring the "
+                  "val split instead")
+        return ("val",)
+    return splits
 
 
 # --------------------------------------------------------------------------- summary

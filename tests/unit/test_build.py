@@ -172,6 +172,18 @@ def test_a_failed_step_keeps_the_earlier_results_and_the_rerun_resumes(env: Env,
                                "reduce": "ran", "evaluate": "ran"}
 
 
+def test_a_dataset_without_test_tiles_is_scored_on_val(env: Env, first) -> None:
+    """Four scenes are two locations: train and val only. The default test split becomes val
+    (as training's own held-out score does), and the build says so."""
+    result = env.build(_cfg("few", model_run="tiny", limit=4))
+    assert result.states()["evaluate"] == "ran"
+    assert any(line.endswith("the dataset has no test tiles: scoring the val split instead")
+               for line in env.lines)
+    manifest = json.loads((env.emb / "few-bottleneck" / "manifest.json").read_text())
+    assert manifest["evaluation"]["splits"] == ["val"]
+    assert "val split" in next(line for line in env.lines if line.startswith("  scores "))
+
+
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
     code = cli.main(argv)
     return code, capsys.readouterr().err
