@@ -13,7 +13,8 @@ model_store/<run>/
                          (an imported legacy model: model.h5, named by manifest "model_file")
     manifest.json        {"format": "unet-lens-model/1", run_id, created, preset, input_size,
                           architecture, dataset, split, params, metrics, history, versions,
-                          files: {"model.keras": sha256}}; an imported run adds
+                          files: {"model.keras": sha256}, build: {"train": stamp} (when
+                          ``build`` trained it)}; an imported run adds
                           model_file, imported {source_name, source_sha256, custom_objects,
                           detected, overrides, check}, adapter {...} and embedding_layer
     history.csv          one row per epoch
@@ -21,7 +22,9 @@ model_store/<run>/
 embeddings/<run>/
     manifest.json        {"format": "unet-lens-embeddings/1", run_id, created, model_run,
                           model_sha256, layer, representation, dataset, counts, params,
-                          versions, files: {name: sha256}, reduce: {...} (after reduce)}
+                          versions, files: {name: sha256}, reduce: {...} (after reduce),
+                          evaluation: {model_run, model_sha256, dataset, splits, created,
+                          scores} (after build's evaluate step), build: {step: stamp}}
     tiles.parquet        one row per tile: tile_id, source, scene_id, group, split, x, y, size,
                           phase, disaster, ..., metrics (precision, recall, f1, iou,
                           true_fraction, pred_fraction, building_count, dmg_*)
@@ -825,3 +828,99 @@ def read_pca_variance(run: EmbeddingsRun) -> np.ndarray | None:
 
 
 __all__.append("read_pca_variance")
+
+
+# --------------------------------------------------------------------------- build steps
+# ``python -m app build`` records, in the manifest of what each step wrote, the inputs that step
+# was run with (``manifest["build"][step] = {"key", "inputs", "finished"}``; ``key`` is the
+# SHA-256 of the inputs as canonical JSON). A rerun whose inputs have the same key skips the
+# step. Inputs name the upstream results by content (dataset table hash and creation time,
+# model SHA-256, vectors SHA-256), so a redone step makes every step that reads it redo too.
+
+BUILD_KEY = "build"
+#: The manifest of a tile dataset folder (format ``unet-lens-tiles/1``, see app.data.dataset).
+DATASET_MANIFEST = MANIFEST
+DATASET_TABLE = "tiles.parquet"
+
+
+def step_key(inputs: Mapping[str, Any]) -> str:
+    """SHA-256 of ``inputs`` as canonical JSON (sorted keys): equal inputs, equal key."""
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_stamp(manifest: Mapping[str, Any] | None, step: str) -> dict | None:
+    """What ``stamp_step`` recorded for ``step`` in ``manifest``, or None."""
+    stamps = (manifest or {}).get(BUILD_KEY)
+    stamp = stamps.get(step) if isinstance(stamps, dict) else None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def step_state(manifest: Mapping[str, Any] | None, step: str, inputs: Mapping[str, Any]) -> str:
+    """``"unchanged"`` when ``manifest`` records ``step`` with these inputs, ``"changed"`` when
+    it records other inputs, ``"unrecorded"`` when it records none."""
+    stamp = build_stamp(manifest, step)
+    if stamp is None:
+        return "unrecorded"
+    return "unchanged" if stamp.get("key") == step_key(inputs) else "changed"
+
+
+def changed_inputs(manifest: Mapping[str, Any] | None, step: str,
+                   inputs: Mapping[str, Any]) -> list[str]:
+    """The top-level input names whose value differs from what ``step`` recorded (for messages)."""
+    old = (build_stamp(manifest, step) or {}).get("inputs") or {}
+    new = json.loads(json.dumps(inputs, default=_json_default))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def stamp_step(manifest_path: Path, step: str, inputs: Mapping[str, Any], what: str) -> dict:
+    """Record in ``manifest_path`` (re-read, then rewritten atomically) that ``step`` finished
+    with ``inputs``; return the manifest. Called after the step's own atomic write, so an
+    interrupted step leaves no stamp and is redone."""
+    manifest = read_json(Path(manifest_path), what)
+    stamps = manifest.get(BUILD_KEY) if isinstance(manifest.get(BUILD_KEY), dict) else {}
+    stamps[step] = {"key": step_key(inputs),
+                    "inputs": json.loads(json.dumps(inputs, default=_json_default)),
+                    "finished": now_iso()}
+    manifest[BUILD_KEY] = stamps
+    write_json(Path(manifest_path), manifest)
+    return manifest
+
+
+def read_manifest_if_any(path: Path, what: str) -> dict | None:
+    """The JSON manifest at ``path``, or None when there is none (a step not run yet)."""
+    return read_json(Path(path), what) if Path(path).is_file() else None
+
+
+def dataset_identity(dataset_path: Path) -> dict[str, str]:
+    """What a dataset is, for the inputs of the steps that read it: its tile table's SHA-256
+    and its creation time (a re-tiled dataset is a new one)."""
+    path = Path(dataset_path)
+    manifest = read_json(path / DATASET_MANIFEST, f"dataset {path}")
+    table = path / DATASET_TABLE
+    if not table.is_file():
+        raise ArtifactError(f"dataset {path}: {table} is missing.")
+    return {"tiles_sha256": sha256_file(table), "created": str(manifest.get("created", ""))}
+
+
+def write_evaluation(run_dir: Path, evaluation: Mapping[str, Any]) -> dict:
+    """``manifest["evaluation"]`` of an embeddings run: the held-out scores of its model on its
+    dataset (``build``'s evaluate step); return the manifest."""
+    path = Path(run_dir) / MANIFEST
+    manifest = read_json(path, f"embeddings run {Path(run_dir).name!r}")
+    manifest["evaluation"] = dict(evaluation)
+    write_json(path, manifest)
+    return manifest
+
+
+__all__ += [
+    "BUILD_KEY",
+    "build_stamp",
+    "changed_inputs",
+    "dataset_identity",
+    "read_manifest_if_any",
+    "stamp_step",
+    "step_key",
+    "step_state",
+    "write_evaluation",
+]

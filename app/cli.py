@@ -19,77 +19,19 @@ from app import artifacts, config
 from app.ml import registry
 
 
-def _source_scenes(args: argparse.Namespace, report):
-    """Scenes of the requested source, lazily, and the progress bar's total: every location's
-    phases, or the files a (cheap) listing of the folder finds (read or skipped)."""
-    if args.source == "synthetic":
-        from app.data.synthetic import PHASES, iter_synthetic
-
-        scenes = iter_synthetic(args.n_locations, seed=args.seed, size=args.scene_size)
-        return scenes, max(0, args.n_locations) * len(PHASES)
-    if args.root is None:
-        raise ValueError(f"--root is required for --source {args.source}.")
-    root = Path(args.root)
-    if args.source == "xbd":
-        from app.data.xbd import count_xbd, iter_xbd
-
-        return iter_xbd(root, report=report), count_xbd(root)
-    from app.data.folders import count_folder, iter_folder
-
-    return iter_folder(root, report=report), count_folder(root)
-
-
 def cmd_make_dataset(args: argparse.Namespace) -> int:
-    from app.data.base import LoadReport
-    from app.data.dataset import write_dataset
+    from app.build import dataset_line, write_source_dataset
 
-    report = LoadReport()
     out = Path(args.out) if args.out else config.DATASETS_DIR / args.name
-    scenes, total = _source_scenes(args, report)
-    params = {"n_locations": args.n_locations, "scene_size": args.scene_size}
-    if args.root:
-        params["source_root"] = str(args.root)
-    if args.downscale != 1:
-        scenes = _downscaled(scenes, args.downscale)
-        params["downscale"] = args.downscale
-    path = write_dataset(
-        scenes, out, name=args.name, source=args.source, tile_size=args.tile_size,
-        overlap=args.overlap, seed=args.seed, report=report, params=params, total=total,
+    path, report = write_source_dataset(
+        args.source, Path(args.root) if args.root else None, out, name=args.name,
+        n_locations=args.n_locations, scene_size=args.scene_size, tile_size=args.tile_size,
+        overlap=args.overlap, downscale=args.downscale, limit=getattr(args, "limit", None),
+        seed=args.seed,
     )
-    counts = artifacts.read_json(path / artifacts.MANIFEST, f"dataset {path}")["counts"]
-    print(
-        f"dataset written to {path}: {counts['scenes']} scenes, {counts['tiles']} tiles "
-        f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
-        f"{counts['skipped']} files skipped"
-    )
-    for file, reason in report.skipped[:20]:
-        print(f"  skipped {file}: {reason}")
+    print(dataset_line(path, artifacts.read_json(path / artifacts.MANIFEST, f"dataset {path}"),
+                       report))
     return 0
-
-
-def _downscaled(scenes, factor: int):
-    """Shrink scenes by an integer factor (e.g. xBD 1024² → 512² to train on CPU)."""
-    import numpy as np
-    from PIL import Image
-
-    from app.data.base import Building, Scene
-
-    for s in scenes:
-        h, w = s.image.shape[:2]
-        size = (w // factor, h // factor)
-        image = np.asarray(Image.fromarray(s.image).resize(size, Image.Resampling.BOX))
-        mask = None
-        if s.mask is not None:
-            mask = (np.asarray(Image.fromarray(s.mask * 255).resize(size, Image.Resampling.BOX)) >= 128).astype(np.uint8)
-        buildings = [
-            Building(b.uid, tuple((x / factor, y / factor) for x, y in b.polygon), b.damage)
-            for b in s.buildings
-        ]
-        meta = dict(s.meta)
-        if isinstance(meta.get("gsd"), (int, float)):
-            meta["gsd"] = float(meta["gsd"]) * factor
-        meta["downscale"] = factor
-        yield Scene(s.scene_id, s.source, image, mask, buildings, meta, s.group)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,15 +42,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr, patience=args.patience, seed=args.seed, crop=args.crop,
         steps_per_epoch=args.steps_per_epoch, max_minutes=args.max_minutes,
     )
+    from app.build import train_line
+
     path, metrics = train(Path(args.dataset), args.run_id, cfg, progress=True)
-    test = metrics["test"]
     print(f"model written to {path}")
-    print(
-        f"held-out {metrics['test_split']} pixels: precision {test['precision']:.3f}  "
-        f"recall {test['recall']:.3f}  F1 {test['f1']:.3f}  IoU {test['iou']:.3f}  "
-        f"({metrics['epochs_run']} epochs, {metrics['train_seconds']:.0f} s on "
-        f"{', '.join(metrics['devices'])})"
-    )
+    print(train_line(metrics))
     return 0
 
 
@@ -231,31 +169,110 @@ def _add_ood_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_ood)
 
 
+#: ``python -m app demo`` = ``build`` with these flags (the shipped demo's runs and parameters).
+DEMO_BUILD_ARGS = [
+    "--source", "synthetic", "--run-id", config.DEMO_MODEL_RUN,
+    "--dataset-name", "demo-synthetic", "--embeddings-run", config.DEMO_EMBEDDINGS_RUN,
+    "--n-locations", "20", "--scene-size", "1024", "--tile-size", "256",
+    "--epochs", "40", "--max-minutes", "20", "--patience", "8", "--crop", "128",
+    "--batch-size", "8", "--lr", "1e-3", "--layer", "bottleneck", "--representation", "gap",
+    "--k-min", "2", "--k-max", "10", "--seed", "0",
+]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The shipped demo, end to end: synthetic scenes → tiles → model → embeddings → maps."""
-    ns = argparse.Namespace
-    out = config.DATASETS_DIR / "demo-synthetic"
-    cmd_make_dataset(ns(
-        source="synthetic", root=None, out=str(out), name="demo-synthetic",
-        n_locations=args.n_locations, scene_size=1024, seed=args.seed, tile_size=256,
-        overlap=0, downscale=1,
-    ))
-    cmd_train(ns(
-        dataset=str(out), run_id=config.DEMO_MODEL_RUN, preset="light", epochs=args.epochs,
-        batch_size=8, lr=1e-3, patience=8, seed=args.seed, crop=128,
-        steps_per_epoch=None, max_minutes=args.max_minutes,
-    ))
-    cmd_embed(ns(
-        model_run=config.DEMO_MODEL_RUN, dataset=str(out), run_id=config.DEMO_EMBEDDINGS_RUN,
-        layer="bottleneck", representation="gap", splits=None, limit=None, batch_size=8,
-        seed=args.seed,
-    ))
-    cmd_reduce(ns(
-        run_id=config.DEMO_EMBEDDINGS_RUN, methods=list(registry.reducer_names()), k_min=2,
-        k_max=10,
-        k=None, seed=args.seed,
-    ))
+    """The shipped demo, end to end: ``build`` with :data:`DEMO_BUILD_ARGS` and ``--overwrite``
+    (the demo's own runs are what it exists to replace; the committed ones carry no build
+    record). Resumable like any build: a rerun skips the steps whose inputs are unchanged."""
+    return main(["build", *DEMO_BUILD_ARGS, "--overwrite"])
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """``build``: make-dataset → train (or --model-run) → embed → reduce → evaluate."""
+    from app.build import BuildConfig, run_build
+
+    train = {"preset": args.preset, "epochs": args.epochs, "batch_size": args.batch_size,
+             "learning_rate": args.lr, "patience": args.patience, "crop": args.crop,
+             "steps_per_epoch": args.steps_per_epoch, "max_minutes": args.max_minutes}
+    cfg = BuildConfig(
+        source=args.source, run_id=args.run_id, root=Path(args.root) if args.root else None,
+        model_run=args.model_run, dataset_name=args.dataset_name,
+        embeddings_run=args.embeddings_run, n_locations=args.n_locations,
+        scene_size=args.scene_size, tile_size=args.tile_size, overlap=args.overlap,
+        downscale=args.downscale, limit=args.limit, seed=args.seed, train=train,
+        layer=args.layer, representation=args.representation, embed_splits=args.splits,
+        embed_limit=args.embed_limit, batch_size=args.batch_size,
+        methods=tuple(args.methods) if args.methods else None, k_min=args.k_min,
+        k_max=args.k_max, k=args.k, eval_splits=tuple(args.eval_splits),
+        overwrite=args.overwrite,
+    )
+    run_build(cfg)
     return 0
+
+
+def _add_tiling_flags(p: Any) -> None:
+    """The scene and tiling flags ``make-dataset`` and ``build`` share."""
+    p.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post scene pairs")
+    p.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side in pixels")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=0)
+    p.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor first")
+    p.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+
+
+def _add_build_parser(sub: Any) -> None:
+    """``python -m app build`` and its flags (grouped by step)."""
+    p = sub.add_parser(
+        "build", help="the whole path, resumable: make-dataset, train, embed, reduce, evaluate",
+        description="make-dataset → train (skipped with --model-run) → embed → reduce → "
+                    "evaluate, then a summary with the command that serves the run. Rerunning "
+                    "skips every step whose inputs are unchanged (recorded in the manifests) "
+                    "and redoes the rest; a failed step keeps the earlier steps' results.")
+    p.add_argument("--source", required=True, choices=["synthetic", "xbd", "folder"])
+    p.add_argument("--root", help="source folder (xbd: images/ + labels/; folder: images/ + "
+                                  "masks/); not used by synthetic")
+    p.add_argument("--run-id", required=True,
+                   help="names the dataset and the model run (and, with the layer, the "
+                        "embeddings run) unless the flags below name them")
+    p.add_argument("--model-run", default=None,
+                   help="an existing (trained or imported) model run: used as it is, no "
+                        "training")
+    p.add_argument("--dataset-name", default=None, help="datasets/<name> (default: --run-id)")
+    p.add_argument("--embeddings-run", default=None,
+                   help="embeddings run id (default: <run-id>-<layer>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset, model or embeddings run of the same id that no "
+                        "build made (trained by hand, imported, the committed demo)")
+    p.add_argument("--seed", type=int, default=0, help="split, training, maps (default 0)")
+    _add_tiling_flags(p.add_argument_group("dataset"))
+    g = p.add_argument_group("train (skipped with --model-run)")
+    g.add_argument("--preset", choices=["light", "seed"], default="light")
+    g.add_argument("--epochs", type=int, default=40)
+    g.add_argument("--batch-size", type=int, default=8, help="training and embedding batch")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--patience", type=int, default=8)
+    g.add_argument("--crop", type=int, default=128, help="random training crop size")
+    g.add_argument("--steps-per-epoch", type=int, default=None)
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="training time budget (stops after the epoch that exceeds it)")
+    g = p.add_argument_group("embed and reduce")
+    g.add_argument("--layer", default=None,
+                   help="layer to embed (default: the model's: bottleneck, or an imported "
+                        "model's embedding layer)")
+    g.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"],
+                   default="gap")
+    g.add_argument("--splits", nargs="*", default=None, metavar="SPLIT",
+                   help="embed only these splits (default: all tiles)")
+    g.add_argument("--embed-limit", type=int, default=None, help="embed at most this many tiles")
+    g.add_argument("--methods", nargs="+", default=None, choices=registry.reducer_names(),
+                   help="map methods (default: all)")
+    g.add_argument("--k-min", type=int, default=2)
+    g.add_argument("--k-max", type=int, default=10)
+    g.add_argument("--k", type=int, default=None, help="chosen k (default: best silhouette)")
+    g = p.add_argument_group("evaluate")
+    g.add_argument("--eval-splits", nargs="+", default=["test"], metavar="SPLIT",
+                   help="splits scored on the stitched scenes (default: test)")
+    p.set_defaults(func=cmd_build)
 
 
 def _apply_serve_env(args: argparse.Namespace) -> None:
@@ -461,11 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="source folder (xbd: images/ + labels/; folder: images/ + masks/)")
     p.add_argument("--name", default="synthetic", help="dataset name (default: %(default)s)")
     p.add_argument("--out", help="output folder (default: datasets/<name>)")
-    p.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post scene pairs")
-    p.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side in pixels")
-    p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--overlap", type=int, default=0)
-    p.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor first")
+    _add_tiling_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_dataset)
 
@@ -515,11 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_ood_parser(sub)
 
-    p = sub.add_parser("demo", help="build the shipped demo: synthetic data, model, embeddings")
-    p.add_argument("--n-locations", type=int, default=20, help="pre/post scene pairs")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--max-minutes", type=float, default=20.0, help="training time budget")
-    p.add_argument("--seed", type=int, default=0)
+    _add_build_parser(sub)
+
+    p = sub.add_parser("demo", help="build the shipped demo (= build with the demo's flags)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="start the dashboard")
