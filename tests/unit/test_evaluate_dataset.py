@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from app import cli, config
+from app import build, cli, config
 from app.data.base import DatasetError, Scene
 from app.data.dataset import TileDataset, write_dataset
 from app.ml import evaluate as scoring
@@ -209,7 +209,7 @@ def test_real_xbd_scenes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     scenes = list(itertools.islice(iter_xbd(root), 2))
     if len(scenes) < 2:
         pytest.skip(f"fewer than 2 readable xBD scenes in {root}")
-    scenes = list(cli._downscaled(scenes, 2))  # 512², as `make xbd` tiles them
+    scenes = list(build.downscaled(scenes, 2))  # 512², as `make xbd` tiles them
     ds = write_dataset(scenes, tmp_path / "xbd2", name="xbd2", source="xbd", tile_size=256,
                        overlap=64, progress=False)
     out = tmp_path / "xbd.json"
