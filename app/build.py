@@ -311,9 +311,7 @@ def model_layer(cfg: BuildConfig, model_store: Path) -> str:
             manifest = artifacts.read_model_manifest(cfg.model_run, model_store)
         except ArtifactError:
             return "bottleneck"
-        default = getattr(artifacts, "model_default_layer", None)
-        if default is not None:
-            return str(default(manifest))
+        return str(artifacts.model_default_layer(manifest))
     return "bottleneck"
 
 

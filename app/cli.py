@@ -395,8 +395,8 @@ def cmd_import_model(args: argparse.Namespace) -> int:
         return 0
     print(f"model run written to {result.path} (the file is stored as it is, SHA-256 "
           "recorded; it is never re-saved)")
-    print(f"next: python -m app embed --model-run {args.run_id} --dataset DATASET --run-id "
-          f"{args.run_id}-emb && python -m app reduce {args.run_id}-emb")
+    print(f"next: python -m app build --source folder|xbd --root DIR --run-id NAME "
+          f"--model-run {args.run_id}  (embed, maps, evaluation on your images; then serve)")
     return 0
 
 
