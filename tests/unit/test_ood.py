@@ -404,3 +404,29 @@ def test_api_field_is_there_without_a_guard(tmp_path: Path, monkeypatch) -> None
     assert r.json["ood"]["available"] is False and "python -m app ood" in r.json["ood"]["message"]
     assert base64.b64decode(r.json["mask_png_base64"])
     inference.forget_services()
+
+
+def test_bench_evaluates_every_configuration_without_xbd() -> None:
+    """``bench.ood``'s measurement on made-up vectors: one row per configuration, AUROCs in
+    [0, 1], and a markdown table (the xBD part needs the real data; it is not run here)."""
+    from bench import ood as bench_ood
+
+    rng = np.random.default_rng(0)
+
+    def made(n: int, shift: float, splits: list[str], prefix: str) -> Any:
+        vec = np.abs(rng.normal(1 + shift, 1, (n, 16))).astype(np.float32)
+        tiles = pd.DataFrame({
+            "tile_id": [f"{prefix}{i}" for i in range(n)], "split": splits,
+            "scene_id": [f"{prefix}s{i // 4}" for i in range(n)],
+            "f1": rng.uniform(0, 1, n)})
+        return bench_ood.Embedded(vec, tiles)
+
+    runs = {"demo-synthetic": made(80, 0, ["train"] * 56 + ["val", "test"] * 12, "d"),
+            "synth-new": made(24, 0, ["train"] * 24, "n"),
+            "xbd": made(32, 3, ["train"] * 32, "x")}
+    rows = bench_ood.evaluate(runs)
+    assert len(rows) == (len(bench_ood.REPRESENTATIONS) * len(bench_ood.TRANSFORMS)
+                         * len(bench_ood.METRICS) * len(bench_ood.KS))
+    assert all(0 <= r["auroc_real"] <= 1 and 0 <= r["auroc_f1"] <= 1 for r in rows)
+    table = bench_ood.markdown(rows, runs)
+    assert table.count("\n| GAP | ") == len(rows) // 2
