@@ -9,10 +9,13 @@ the next app re-imports the pages).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from dash import Dash
 
+from app.web import runs
 from app.web.main import create_app
 
 
@@ -23,4 +26,15 @@ def built_app(*args: Any, **kwargs: Any) -> Dash:
     return app
 
 
-__all__ = ["built_app"]
+@contextlib.contextmanager
+def runs_restored() -> Iterator[None]:
+    """Restore the process-wide default runs afterwards: ``create_app`` sets them, and a
+    session-wide server built earlier (``live_server``) reads them on every request."""
+    saved = dict(runs._settings)
+    try:
+        yield
+    finally:
+        runs.configure(**saved)
+
+
+__all__ = ["built_app", "runs_restored"]

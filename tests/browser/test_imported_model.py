@@ -34,7 +34,7 @@ def imported(request: pytest.FixtureRequest,
     from app.ml import importer, inference
     from tests.imported_models import save_zoo_model
     from tests.unit.test_extract import make_dataset
-    from tests.webapp import built_app
+    from tests.webapp import built_app, runs_restored
 
     name = request.param
     root = tmp_path_factory.mktemp(f"imported-{name}")
@@ -50,20 +50,22 @@ def imported(request: pytest.FixtureRequest,
     mp = pytest.MonkeyPatch()
     mp.setattr(config, "MODEL_STORE", store)
     inference.forget_services()
-    app = built_app(embeddings_run=run_id, embeddings_root=emb,
-                    cache_config={"CACHE_TYPE": "FileSystemCache",
-                                  "CACHE_DIR": str(root / "cache")})
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name=f"imported-{name}", daemon=True)
-    thread.start()
-    run = artifacts.EmbeddingsRun.open(run_id, emb, model_store=store)
-    try:
-        yield {"base": f"http://127.0.0.1:{server.server_port}", "run": run, "name": name}
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        mp.undo()
-        inference.forget_services()
+    with runs_restored():
+        app = built_app(embeddings_run=run_id, embeddings_root=emb,
+                        cache_config={"CACHE_TYPE": "FileSystemCache",
+                                      "CACHE_DIR": str(root / "cache")})
+        server = make_server("127.0.0.1", 0, app.server, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name=f"imported-{name}",
+                                  daemon=True)
+        thread.start()
+        run = artifacts.EmbeddingsRun.open(run_id, emb, model_store=store)
+        try:
+            yield {"base": f"http://127.0.0.1:{server.server_port}", "run": run, "name": name}
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+            mp.undo()
+            inference.forget_services()
 
 
 @pytest.fixture()
