@@ -146,6 +146,7 @@ def test_page_headline_is_the_whole_scene_score(flask_app: Any, tmp_path: Any,
             assert ready["scene_key"] == key and empty is None and style == {}
             assert subtitle.startswith("Scores: 1 whole scene (train, val, test) of dataset small")
             assert "per-tile table: 6 tiles (all tiles with ground truth" in subtitle
+            assert subtitle.endswith(" · model fixture-model · its training data is not recorded")
             out = evp.update_metrics(ready, 0.5)
     finally:
         shutil.rmtree(root / "small-run")

@@ -30,6 +30,7 @@ from app.web.background import MANAGER
 from app.web.cache import cache
 from app.web.images import img_url
 from app.web.logic import evaluate as ev
+from app.web.logic import ood as ood_logic
 
 dash.register_page(__name__, path="/evaluate", name="Evaluate", title="Evaluate · U-Net Lens",
                    order=3)
@@ -337,6 +338,7 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
                     + subtitle)
     elif note:
         subtitle += f" · {note}"
+    subtitle += f" · {ood_logic.trained_on(result.model_run)}"
     warning = components.message(info.warning, "warn") if info.warning else None
     ready = {"key": ev.cache_key(run.run_id, result.version, result.model_sha),
              "run": run.run_id, "scene_key": scene_key}
