@@ -2,9 +2,8 @@
 
 Pages register their callbacks with ``dash.callback`` into Dash's module-level lists when
 ``Dash(...)`` imports them, and Dash hands those lists to the first app that serves a request.
-A server process builds one app, so the app never patches Dash for this; tests build several,
-so each is served one request as soon as it is built (it takes its own callbacks then, before
-the next app re-imports the pages).
+``create_app`` serves itself that first request (``main._finish_dash_setup``), so each app has
+taken its own callbacks before the next one re-imports the pages.
 """
 
 from __future__ import annotations
@@ -20,10 +19,8 @@ from app.web.main import create_app
 
 
 def built_app(*args: Any, **kwargs: Any) -> Dash:
-    """``create_app(...)`` that has already taken its pages' callbacks."""
-    app = create_app(*args, **kwargs)
-    app.server.test_client().get("/_dash-dependencies")
-    return app
+    """``create_app(...)``, which has already taken its pages' callbacks."""
+    return create_app(*args, **kwargs)
 
 
 @contextlib.contextmanager
