@@ -30,15 +30,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
 
-# Rebuild the shipped demo (synthetic data → model → embeddings → maps) from scratch.
+# Rebuild the shipped demo (synthetic data → model → embeddings → maps → scores) with `build`:
+# `python -m app demo` is `python -m app build` with the demo's run ids and parameters
+# (DEMO_BUILD_ARGS in app/cli.py) and --overwrite. Resumable: a rerun skips unchanged steps.
 demo: $(STAMP)
 	$(BIN)/python -m app demo
 
-# Train and evaluate on the shared xBD scenes (not committed; see README).
+# The whole path on the shared xBD scenes (not committed; see README): tiles at half resolution,
+# a model trained for at most 25 min, embeddings, maps and held-out scores; ends with the command
+# that serves it. Resumable: a rerun skips the steps whose inputs are unchanged. More flags go in
+# BUILD_ARGS, e.g. `make xbd BUILD_ARGS=--overwrite` to replace a datasets/xbd made before `build`.
 XBD ?= ../shared/data/xbd
+BUILD_ARGS ?=
 xbd: $(STAMP)
-	$(BIN)/python -m app make-dataset --source xbd --root $(XBD) --name xbd --tile-size 256 --downscale 2
-	$(BIN)/python -m app train --dataset datasets/xbd --run-id xbd-light --crop 128 --max-minutes 25 --epochs 80 --patience 10
+	$(BIN)/python -m app build --source xbd --root $(XBD) --run-id xbd-light --dataset-name xbd \
+		--tile-size 256 --downscale 2 --crop 128 --max-minutes 25 --epochs 80 --patience 10 \
+		$(BUILD_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

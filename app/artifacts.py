@@ -10,15 +10,21 @@ extractor and the test fixture all call.
 
 model_store/<run>/
     model.keras          Keras 3 archive, loaded with ``safe_mode=True, compile=False``
+                         (an imported legacy model: model.h5, named by manifest "model_file")
     manifest.json        {"format": "unet-lens-model/1", run_id, created, preset, input_size,
                           architecture, dataset, split, params, metrics, history, versions,
-                          files: {"model.keras": sha256}}
+                          files: {"model.keras": sha256}, build: {"train": stamp} (when
+                          ``build`` trained it)}; an imported run adds
+                          model_file, imported {source_name, source_sha256, custom_objects,
+                          detected, overrides, check}, adapter {...} and embedding_layer
     history.csv          one row per epoch
 
 embeddings/<run>/
     manifest.json        {"format": "unet-lens-embeddings/1", run_id, created, model_run,
                           model_sha256, layer, representation, dataset, counts, params,
-                          versions, files: {name: sha256}, reduce: {...} (after reduce)}
+                          versions, files: {name: sha256}, reduce: {...} (after reduce),
+                          evaluation: {model_run, model_sha256, dataset, splits, created,
+                          scores} (after build's evaluate step), build: {step: stamp}}
     tiles.parquet        one row per tile: tile_id, source, scene_id, group, split, x, y, size,
                           phase, disaster, ..., metrics (precision, recall, f1, iou,
                           true_fraction, pred_fraction, building_count, dmg_*)
@@ -35,6 +41,11 @@ embeddings/<run>/
         sweep.json       K-means sweep (k, inertia, silhouette, best_k, chosen_k, agreement)
         labels.npy       (len(k), n_tiles) int32 cluster labels for every k of the sweep
         reducers/        pca.npz, tsne.pkl, umap.pkl (+ sha256 in manifest["reduce"]["files"])
+    ood/                 written by ``reduce`` / ``python -m app ood`` (``app.ml.ood``):
+        index.npz        train_ids, train_vectors (in the metric's space), calibration (sorted
+                          held-out k-NN distances), mean + whiten (Mahalanobis); plain arrays
+        scores.parquet   tile_id, ood_score (percentile 0-100), ood_distance, ood_nearest
+                          (+ params, sha256 in manifest["ood"])
 """
 
 from __future__ import annotations
@@ -74,6 +85,10 @@ THUMB_KINDS = ("thumb", "true", "pred", "overlay", "image")
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
+#: An imported legacy model is stored under this name (an imported .keras under MODEL_FILE).
+MODEL_FILE_H5 = "model.h5"
+#: The only names ``manifest["model_file"]`` may give (never a path from a manifest).
+MODEL_FILES = (MODEL_FILE, MODEL_FILE_H5)
 HISTORY_FILE = "history.csv"
 TILES_FILE = "tiles.parquet"
 VECTORS_FILE = "vectors.npy"
@@ -84,6 +99,9 @@ COORDS_FILE = "coords.parquet"  # in REDUCED_DIR
 SWEEP_FILE = "sweep.json"  # in REDUCED_DIR
 LABELS_FILE = "labels.npy"  # in REDUCED_DIR
 REDUCERS_DIR = "reducers"  # in REDUCED_DIR
+OOD_DIR = "ood"
+OOD_INDEX_FILE = "index.npz"  # in OOD_DIR
+OOD_SCORES_FILE = "scores.parquet"  # in OOD_DIR
 #: Files of ``embeddings/<run>/`` whose SHA-256 ``manifest["files"]`` records.
 EMBEDDINGS_HASHED = (VECTORS_FILE, TILES_FILE)
 
@@ -115,6 +133,11 @@ def tile_file(kind: str, tile_id: str) -> str:
 def reduced_file(name: str) -> str:
     """The key of a ``reduced/`` file in ``manifest["reduce"]["files"]`` (its relative path)."""
     return f"{REDUCED_DIR}/{name}"
+
+
+def ood_file(name: str) -> str:
+    """The key of an ``ood/`` file in ``manifest["ood"]["files"]`` (its relative path)."""
+    return f"{OOD_DIR}/{name}"
 
 
 def reducer_file(name: str) -> str:
@@ -257,13 +280,30 @@ def read_model_manifest(run_id: str, store: Path | None = None) -> dict:
     return manifest
 
 
+def model_file_name(manifest: dict, run_id: str = "") -> str:
+    """The model file of a run: ``model.keras``, or what an imported run's manifest names
+    (one of ``MODEL_FILES``; anything else is refused, never used as a path)."""
+    name = manifest.get("model_file", MODEL_FILE)
+    if name not in MODEL_FILES:
+        raise ArtifactError(f"model run {run_id!r}: manifest 'model_file' must be one of "
+                            f"{list(MODEL_FILES)}. Got {name!r} instead.")
+    return name
+
+
+def model_default_layer(manifest: dict) -> str:
+    """The layer a model run embeds from by default: an imported run's ``embedding_layer``,
+    else the native U-Net's ``bottleneck``."""
+    return str(manifest.get("embedding_layer") or "bottleneck")
+
+
 def verify_model_file(run_id: str, store: Path | None = None) -> tuple[Path, str]:
-    """Check model.keras exists and matches the manifest's SHA-256; return (path, sha)."""
+    """Check the model file exists and matches the manifest's SHA-256; return (path, sha)."""
     manifest = read_model_manifest(run_id, store)
-    path = model_dir(run_id, store) / MODEL_FILE
+    name = model_file_name(manifest, run_id)
+    path = model_dir(run_id, store) / name
     if not path.is_file():
         raise ArtifactError(f"model run {run_id!r}: {path} is missing.")
-    expected = manifest.get("files", {}).get(MODEL_FILE)
+    expected = manifest.get("files", {}).get(name)
     found = sha256_file(path)
     if expected != found:
         raise ArtifactError(
@@ -274,14 +314,77 @@ def verify_model_file(run_id: str, store: Path | None = None) -> tuple[Path, str
 
 
 def load_model(run_id: str, store: Path | None = None) -> keras.Model:
-    """Load a stored model after checking its hash; ``safe_mode`` on, no compile."""
+    """Load a stored model after checking its hash; ``safe_mode`` on, no compile.
+
+    An imported run (manifest ``adapter``) loads the original file as it was imported (with
+    the classes of its ``--custom-objects`` module, whose code the importer chose to trust)
+    and returns the canonical model built around it (``app.ml.adapter``): input ``image``
+    0..255, ``logits``, ``mask``, the user's layers under their own names.
+    """
     path, _ = verify_model_file(run_id, store)
+    manifest = read_model_manifest(run_id, store)
     import keras  # lazy: see save_model_run
 
+    adapter = manifest.get("adapter")
+    custom: dict = {}
+    if adapter:
+        from app.ml.importer import custom_objects_from  # lazy: imported runs only
+
+        custom = custom_objects_from((manifest.get("imported") or {}).get("custom_objects"))
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True,
+                                        custom_objects=custom or None)
     except Exception as exc:  # keras raises many types for a corrupt archive
         raise ArtifactError(f"model run {run_id!r}: could not load {path}: {exc}") from exc
+    if not adapter:
+        return model
+    from app.ml.adapter import build_canonical  # lazy: TensorFlow layers
+
+    try:
+        return build_canonical(model, adapter)
+    except Exception as exc:
+        raise ArtifactError(f"model run {run_id!r}: the imported model in {path} no longer fits "
+                            f"its manifest's adapter ({exc}); import it again.") from exc
+
+
+def save_imported_model_run(
+    source: Path, run_id: str, *, kind: str, fields: dict, expected_sha256: str | None,
+    store: Path | None = None,
+) -> Path:
+    """Copy an imported model file byte for byte into ``model_store/<run_id>/`` (temp folder,
+    then rename) with its manifest; the file is never re-saved. ``fields`` are the manifest
+    entries the importer detected and resolved; the copy's SHA-256 must be ``expected_sha256``
+    (the file did not change while it was being checked)."""
+    name = MODEL_FILE if kind == "keras" else MODEL_FILE_H5
+    final = model_dir(run_id, store)
+    with atomic_dir(final) as tmp:
+        digest = hashlib.sha256()
+        with Path(source).open("rb") as src, (tmp / name).open("wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                dst.write(block)
+        sha = digest.hexdigest()
+        if expected_sha256 is not None and sha != expected_sha256:
+            raise ArtifactError(f"{source} changed while it was being imported; import it again.")
+        manifest = {
+            "format": MODEL_FORMAT,
+            "run_id": run_id,
+            "created": now_iso(),
+            "preset": "imported",
+            "input_size": None,
+            "architecture": {},
+            "dataset": {},
+            "split": {},
+            "params": {},
+            "metrics": {},
+            "history": [],
+            **fields,
+            "model_file": name,
+            "versions": versions(),
+            "files": {name: sha},
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return final
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -378,7 +481,57 @@ class EmbeddingsRun:
                     "tiles as tiles.parquet. Re-run `python -m app reduce`."
                 )
             table = pd.concat([table, coords.drop(columns=["tile_id"])], axis=1)
+        scores = self.ood_scores(table["tile_id"].to_numpy())
+        if scores is not None:
+            table = pd.concat([table, scores.drop(columns=["tile_id"])], axis=1)
         return table
+
+    def ood_scores(self, tile_ids: np.ndarray | None = None) -> pd.DataFrame | None:
+        """``ood/scores.parquet`` when the run has one that lists the same tiles as
+        ``tile_ids`` (default: tiles.parquet's), else None: a stale or missing guard never
+        breaks the tile table (``ood_problem`` says what is missing)."""
+        path = self.path / OOD_DIR / OOD_SCORES_FILE
+        if not path.is_file() or not (self.manifest.get("ood") or {}).get("files"):
+            return None
+        try:
+            scores = _read_parquet(path, self.run_id)
+            base = (tile_ids if tile_ids is not None else
+                    _read_parquet(self.path / TILES_FILE, self.run_id)["tile_id"].to_numpy())
+        except ArtifactError:
+            return None
+        if len(scores) != len(base) or not (scores["tile_id"].to_numpy() == base).all():
+            return None
+        return scores
+
+    def ood_problem(self) -> str | None:
+        """Why the run has no usable out-of-distribution guard, in words (None when it has)."""
+        info = self.manifest.get("ood") or {}
+        if info.get("files") and (self.path / OOD_DIR / OOD_INDEX_FILE).is_file():
+            return None
+        if info.get("skipped"):
+            return f"embeddings run {self.run_id!r} has no out-of-distribution guard: " \
+                   f"{info['skipped']}"
+        return (f"embeddings run {self.run_id!r} has no out-of-distribution guard yet; build it "
+                f"with `python -m app ood {self.run_id}`.")
+
+    def ood_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of ``ood/index.npz``, hash-checked against ``manifest["ood"]`` before
+        parsing, loaded without pickle; ArtifactError when missing or changed."""
+        problem = self.ood_problem()
+        if problem:
+            raise ArtifactError(problem)
+        import io
+
+        hint = f"rebuild it with `python -m app ood {self.run_id}`"
+        files = self.manifest["ood"]["files"]
+        blob = read_verified_files(self.path / OOD_DIR, {OOD_INDEX_FILE: files.get(
+            ood_file(OOD_INDEX_FILE), "")}, (OOD_INDEX_FILE,), hint)[OOD_INDEX_FILE]
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+                return {name: np.asarray(npz[name]) for name in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"embeddings run {self.run_id!r}: "
+                                f"{self.path / OOD_DIR / OOD_INDEX_FILE}: {exc}; {hint}") from exc
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -562,6 +715,33 @@ def write_reduced(
     return files
 
 
+def write_ood(run_dir: Path, arrays: Mapping[str, np.ndarray], scores: pd.DataFrame) -> dict[str, str]:
+    """Write ``ood/`` of the run in ``run_dir`` atomically (the index arrays, plain, and the
+    per-tile scores table); return ``manifest["ood"]["files"]`` (relative path → sha256)."""
+    with atomic_dir(Path(run_dir) / OOD_DIR) as tmp:
+        write_npz(tmp / OOD_INDEX_FILE, arrays)
+        scores.to_parquet(tmp / OOD_SCORES_FILE, index=False)
+        files = {ood_file(name): sha256_file(tmp / name)
+                 for name in (OOD_INDEX_FILE, OOD_SCORES_FILE)}
+    return files
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """An ``.npz`` of plain arrays (no object arrays: readable with ``allow_pickle=False``) whose
+    bytes depend only on the arrays (fixed zip timestamps), so a rebuilt run hashes the same."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, value in arrays.items():
+            arr = np.asarray(value)
+            if arr.dtype == object:
+                raise ValueError(f"{path}: array {name!r} has dtype object; store plain arrays.")
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+
 def update_embeddings_manifest(run: EmbeddingsRun, **entries: Any) -> dict:
     """Re-read the run's manifest, set ``entries`` in it, write it back; return it."""
     path = run.path / MANIFEST
@@ -580,7 +760,12 @@ __all__ = [
     "LABELS_FILE",
     "MANIFEST",
     "MODEL_FILE",
+    "MODEL_FILES",
+    "MODEL_FILE_H5",
     "MODEL_FORMAT",
+    "OOD_DIR",
+    "OOD_INDEX_FILE",
+    "OOD_SCORES_FILE",
     "REDUCED_DIR",
     "REDUCERS_DIR",
     "SWEEP_FILE",
@@ -598,12 +783,16 @@ __all__ = [
     "list_runs",
     "load_model",
     "make_tile_dirs",
+    "model_default_layer",
     "model_dir",
+    "model_file_name",
+    "ood_file",
     "read_json",
     "read_model_manifest",
     "read_verified_files",
     "reduced_file",
     "reducer_file",
+    "save_imported_model_run",
     "save_model_run",
     "save_tile_image",
     "sha256_file",
@@ -615,6 +804,8 @@ __all__ = [
     "write_embeddings_manifest",
     "write_files",
     "write_json",
+    "write_npz",
+    "write_ood",
     "write_reduced",
     "write_tiles_table",
     "write_vectors",
@@ -637,3 +828,99 @@ def read_pca_variance(run: EmbeddingsRun) -> np.ndarray | None:
 
 
 __all__.append("read_pca_variance")
+
+
+# --------------------------------------------------------------------------- build steps
+# ``python -m app build`` records, in the manifest of what each step wrote, the inputs that step
+# was run with (``manifest["build"][step] = {"key", "inputs", "finished"}``; ``key`` is the
+# SHA-256 of the inputs as canonical JSON). A rerun whose inputs have the same key skips the
+# step. Inputs name the upstream results by content (dataset table hash and creation time,
+# model SHA-256, vectors SHA-256), so a redone step makes every step that reads it redo too.
+
+BUILD_KEY = "build"
+#: The manifest of a tile dataset folder (format ``unet-lens-tiles/1``, see app.data.dataset).
+DATASET_MANIFEST = MANIFEST
+DATASET_TABLE = "tiles.parquet"
+
+
+def step_key(inputs: Mapping[str, Any]) -> str:
+    """SHA-256 of ``inputs`` as canonical JSON (sorted keys): equal inputs, equal key."""
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_stamp(manifest: Mapping[str, Any] | None, step: str) -> dict | None:
+    """What ``stamp_step`` recorded for ``step`` in ``manifest``, or None."""
+    stamps = (manifest or {}).get(BUILD_KEY)
+    stamp = stamps.get(step) if isinstance(stamps, dict) else None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def step_state(manifest: Mapping[str, Any] | None, step: str, inputs: Mapping[str, Any]) -> str:
+    """``"unchanged"`` when ``manifest`` records ``step`` with these inputs, ``"changed"`` when
+    it records other inputs, ``"unrecorded"`` when it records none."""
+    stamp = build_stamp(manifest, step)
+    if stamp is None:
+        return "unrecorded"
+    return "unchanged" if stamp.get("key") == step_key(inputs) else "changed"
+
+
+def changed_inputs(manifest: Mapping[str, Any] | None, step: str,
+                   inputs: Mapping[str, Any]) -> list[str]:
+    """The top-level input names whose value differs from what ``step`` recorded (for messages)."""
+    old = (build_stamp(manifest, step) or {}).get("inputs") or {}
+    new = json.loads(json.dumps(inputs, default=_json_default))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def stamp_step(manifest_path: Path, step: str, inputs: Mapping[str, Any], what: str) -> dict:
+    """Record in ``manifest_path`` (re-read, then rewritten atomically) that ``step`` finished
+    with ``inputs``; return the manifest. Called after the step's own atomic write, so an
+    interrupted step leaves no stamp and is redone."""
+    manifest = read_json(Path(manifest_path), what)
+    stamps = manifest.get(BUILD_KEY) if isinstance(manifest.get(BUILD_KEY), dict) else {}
+    stamps[step] = {"key": step_key(inputs),
+                    "inputs": json.loads(json.dumps(inputs, default=_json_default)),
+                    "finished": now_iso()}
+    manifest[BUILD_KEY] = stamps
+    write_json(Path(manifest_path), manifest)
+    return manifest
+
+
+def read_manifest_if_any(path: Path, what: str) -> dict | None:
+    """The JSON manifest at ``path``, or None when there is none (a step not run yet)."""
+    return read_json(Path(path), what) if Path(path).is_file() else None
+
+
+def dataset_identity(dataset_path: Path) -> dict[str, str]:
+    """What a dataset is, for the inputs of the steps that read it: its tile table's SHA-256
+    and its creation time (a re-tiled dataset is a new one)."""
+    path = Path(dataset_path)
+    manifest = read_json(path / DATASET_MANIFEST, f"dataset {path}")
+    table = path / DATASET_TABLE
+    if not table.is_file():
+        raise ArtifactError(f"dataset {path}: {table} is missing.")
+    return {"tiles_sha256": sha256_file(table), "created": str(manifest.get("created", ""))}
+
+
+def write_evaluation(run_dir: Path, evaluation: Mapping[str, Any]) -> dict:
+    """``manifest["evaluation"]`` of an embeddings run: the held-out scores of its model on its
+    dataset (``build``'s evaluate step); return the manifest."""
+    path = Path(run_dir) / MANIFEST
+    manifest = read_json(path, f"embeddings run {Path(run_dir).name!r}")
+    manifest["evaluation"] = dict(evaluation)
+    write_json(path, manifest)
+    return manifest
+
+
+__all__ += [
+    "BUILD_KEY",
+    "build_stamp",
+    "changed_inputs",
+    "dataset_identity",
+    "read_manifest_if_any",
+    "stamp_step",
+    "step_key",
+    "step_state",
+    "write_evaluation",
+]

@@ -19,77 +19,19 @@ from app import artifacts, config
 from app.ml import registry
 
 
-def _source_scenes(args: argparse.Namespace, report):
-    """Scenes of the requested source, lazily, and the progress bar's total: every location's
-    phases, or the files a (cheap) listing of the folder finds (read or skipped)."""
-    if args.source == "synthetic":
-        from app.data.synthetic import PHASES, iter_synthetic
-
-        scenes = iter_synthetic(args.n_locations, seed=args.seed, size=args.scene_size)
-        return scenes, max(0, args.n_locations) * len(PHASES)
-    if args.root is None:
-        raise ValueError(f"--root is required for --source {args.source}.")
-    root = Path(args.root)
-    if args.source == "xbd":
-        from app.data.xbd import count_xbd, iter_xbd
-
-        return iter_xbd(root, report=report), count_xbd(root)
-    from app.data.folders import count_folder, iter_folder
-
-    return iter_folder(root, report=report), count_folder(root)
-
-
 def cmd_make_dataset(args: argparse.Namespace) -> int:
-    from app.data.base import LoadReport
-    from app.data.dataset import write_dataset
+    from app.build import dataset_line, write_source_dataset
 
-    report = LoadReport()
     out = Path(args.out) if args.out else config.DATASETS_DIR / args.name
-    scenes, total = _source_scenes(args, report)
-    params = {"n_locations": args.n_locations, "scene_size": args.scene_size}
-    if args.root:
-        params["source_root"] = str(args.root)
-    if args.downscale != 1:
-        scenes = _downscaled(scenes, args.downscale)
-        params["downscale"] = args.downscale
-    path = write_dataset(
-        scenes, out, name=args.name, source=args.source, tile_size=args.tile_size,
-        overlap=args.overlap, seed=args.seed, report=report, params=params, total=total,
+    path, report = write_source_dataset(
+        args.source, Path(args.root) if args.root else None, out, name=args.name,
+        n_locations=args.n_locations, scene_size=args.scene_size, tile_size=args.tile_size,
+        overlap=args.overlap, downscale=args.downscale, limit=getattr(args, "limit", None),
+        seed=args.seed,
     )
-    counts = artifacts.read_json(path / artifacts.MANIFEST, f"dataset {path}")["counts"]
-    print(
-        f"dataset written to {path}: {counts['scenes']} scenes, {counts['tiles']} tiles "
-        f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
-        f"{counts['skipped']} files skipped"
-    )
-    for file, reason in report.skipped[:20]:
-        print(f"  skipped {file}: {reason}")
+    print(dataset_line(path, artifacts.read_json(path / artifacts.MANIFEST, f"dataset {path}"),
+                       report))
     return 0
-
-
-def _downscaled(scenes, factor: int):
-    """Shrink scenes by an integer factor (e.g. xBD 1024² → 512² to train on CPU)."""
-    import numpy as np
-    from PIL import Image
-
-    from app.data.base import Building, Scene
-
-    for s in scenes:
-        h, w = s.image.shape[:2]
-        size = (w // factor, h // factor)
-        image = np.asarray(Image.fromarray(s.image).resize(size, Image.Resampling.BOX))
-        mask = None
-        if s.mask is not None:
-            mask = (np.asarray(Image.fromarray(s.mask * 255).resize(size, Image.Resampling.BOX)) >= 128).astype(np.uint8)
-        buildings = [
-            Building(b.uid, tuple((x / factor, y / factor) for x, y in b.polygon), b.damage)
-            for b in s.buildings
-        ]
-        meta = dict(s.meta)
-        if isinstance(meta.get("gsd"), (int, float)):
-            meta["gsd"] = float(meta["gsd"]) * factor
-        meta["downscale"] = factor
-        yield Scene(s.scene_id, s.source, image, mask, buildings, meta, s.group)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,15 +42,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr, patience=args.patience, seed=args.seed, crop=args.crop,
         steps_per_epoch=args.steps_per_epoch, max_minutes=args.max_minutes,
     )
+    from app.build import train_line
+
     path, metrics = train(Path(args.dataset), args.run_id, cfg, progress=True)
-    test = metrics["test"]
     print(f"model written to {path}")
-    print(
-        f"held-out {metrics['test_split']} pixels: precision {test['precision']:.3f}  "
-        f"recall {test['recall']:.3f}  F1 {test['f1']:.3f}  IoU {test['iou']:.3f}  "
-        f"({metrics['epochs_run']} epochs, {metrics['train_seconds']:.0f} s on "
-        f"{', '.join(metrics['devices'])})"
-    )
+    print(train_line(metrics))
     return 0
 
 
@@ -121,6 +59,63 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, random_state=args.seed,
     )
     print(f"embeddings written to {path}")
+    for line in _held_out_lines(path):
+        print(line)
+    return 0
+
+
+def _held_out_lines(run_path: Path) -> list[str]:
+    """The held-out tiles' pixel scores from the per-tile counts embed stored (test split, else
+    val). Summed over tiles, so overlaps and padding count again: ``evaluate`` scores scenes."""
+    from app.ml.metrics import pixel_scores
+
+    run = artifacts.EmbeddingsRun.open(run_path.name, run_path.parent, check_model=False)
+    tiles = run.tiles
+    for split in ("test", "val"):
+        rows = tiles[(tiles["split"].astype(str) == split) & tiles["tp"].notna()]
+        if len(rows):
+            break
+    else:
+        return ["no held-out tiles with ground truth: no metrics"]
+    tp, fp, fn = (int(rows[k].sum()) for k in ("tp", "fp", "fn"))
+    s = pixel_scores(tp, fp, fn, 0)
+    threshold = (run.manifest.get("params") or {}).get("threshold", 0.5)
+    return [f"held-out {split} tiles ({len(rows)}, at threshold {threshold}): "
+            f"pixel precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  "
+            f"IoU {s['iou']:.3f}; mean tile F1 {float(rows['f1'].mean()):.3f}",
+            "  (summed over tiles; `python -m app evaluate` scores whole scenes, each pixel once)"]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on a dataset's stitched scenes; a table, and ``--json`` written atomically."""
+    from tqdm.auto import tqdm
+
+    from app.ml.evaluate import evaluate_dataset
+
+    dataset = Path(args.dataset)
+    if not dataset.is_dir() and not Path(args.dataset).is_absolute() and (
+            config.DATASETS_DIR / args.dataset).is_dir():
+        dataset = config.DATASETS_DIR / args.dataset  # a bare dataset name
+    bars: list[Any] = []  # made on the first tile, so bad input gets only its error line
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="tile", desc="evaluate (tiles)",
+                             disable=args.quiet))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        score = evaluate_dataset(args.model_run, dataset, splits=args.splits, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    for line in score.summary_lines():
+        print(line)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(out, score.to_dict())
+        print(f"scores written to {out}")
     return 0
 
 
@@ -135,31 +130,149 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The shipped demo, end to end: synthetic scenes → tiles → model → embeddings → maps."""
-    ns = argparse.Namespace
-    out = config.DATASETS_DIR / "demo-synthetic"
-    cmd_make_dataset(ns(
-        source="synthetic", root=None, out=str(out), name="demo-synthetic",
-        n_locations=args.n_locations, scene_size=1024, seed=args.seed, tile_size=256,
-        overlap=0, downscale=1,
-    ))
-    cmd_train(ns(
-        dataset=str(out), run_id=config.DEMO_MODEL_RUN, preset="light", epochs=args.epochs,
-        batch_size=8, lr=1e-3, patience=8, seed=args.seed, crop=128,
-        steps_per_epoch=None, max_minutes=args.max_minutes,
-    ))
-    cmd_embed(ns(
-        model_run=config.DEMO_MODEL_RUN, dataset=str(out), run_id=config.DEMO_EMBEDDINGS_RUN,
-        layer="bottleneck", representation="gap", splits=None, limit=None, batch_size=8,
-        seed=args.seed,
-    ))
-    cmd_reduce(ns(
-        run_id=config.DEMO_EMBEDDINGS_RUN, methods=list(registry.reducer_names()), k_min=2,
-        k_max=10,
-        k=None, seed=args.seed,
-    ))
+def cmd_ood(args: argparse.Namespace) -> int:
+    """Fit (or refit) the out-of-distribution guard of an embeddings run."""
+    from app.pipeline import run_ood
+
+    params = {"k": args.k, "metric": args.metric, "percentile": args.percentile,
+              "transform": args.transform, "random_state": args.seed}
+    if args.representation:
+        params["representation"] = args.representation
+    entry = run_ood(args.run_id, params)
+    info, p = entry["info"], entry["params"]
+    print(f"out-of-distribution guard of {args.run_id}: {info['n_train']} training tiles "
+          f"indexed, {info['n_calibration']} held-out tiles calibrate; k = {p['k']}, "
+          f"{p['metric']} on {p['transform']} {p['representation']} of {p['layer']}; warns "
+          "above the "
+          f"{p['percentile']:g}th percentile (distance {info['threshold_distance']:.4g})")
     return 0
+
+
+def _add_ood_parser(sub: Any) -> None:
+    from app.ml.ood import DEFAULTS, METRICS, REPRESENTATIONS, TRANSFORMS
+
+    p = sub.add_parser("ood", help="fit the out-of-distribution guard of an embeddings run "
+                                   "(reduce does it too)")
+    p.add_argument("run_id")
+    p.add_argument("--k", type=int, default=DEFAULTS["k"],
+                   help="neighbours averaged (default: %(default)s)")
+    p.add_argument("--metric", choices=METRICS, default=DEFAULTS["metric"],
+                   help="distance (default: %(default)s)")
+    p.add_argument("--representation", choices=REPRESENTATIONS, default=DEFAULTS["representation"],
+                   help="pooling of the run's layer (default: the run's own vectors; another "
+                        "re-embeds its stored tiles with the model)")
+    p.add_argument("--transform", choices=TRANSFORMS, default=DEFAULTS["transform"],
+                   help="log1p of the activations first, or none (default: %(default)s)")
+    p.add_argument("--percentile", type=float, default=DEFAULTS["percentile"],
+                   help="warn above this percentile of held-out distances (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["random_state"])
+    p.set_defaults(func=cmd_ood)
+
+
+#: ``python -m app demo`` = ``build`` with these flags (the shipped demo's runs and parameters).
+DEMO_BUILD_ARGS = [
+    "--source", "synthetic", "--run-id", config.DEMO_MODEL_RUN,
+    "--dataset-name", "demo-synthetic", "--embeddings-run", config.DEMO_EMBEDDINGS_RUN,
+    "--n-locations", "20", "--scene-size", "1024", "--tile-size", "256",
+    "--epochs", "40", "--max-minutes", "20", "--patience", "8", "--crop", "128",
+    "--batch-size", "8", "--lr", "1e-3", "--layer", "bottleneck", "--representation", "gap",
+    "--k-min", "2", "--k-max", "10", "--seed", "0",
+]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The shipped demo, end to end: ``build`` with :data:`DEMO_BUILD_ARGS` and ``--overwrite``
+    (the demo's own runs are what it exists to replace; the committed ones carry no build
+    record). Resumable like any build: a rerun skips the steps whose inputs are unchanged."""
+    return main(["build", *DEMO_BUILD_ARGS, "--overwrite"])
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """``build``: make-dataset → train (or --model-run) → embed → reduce → evaluate."""
+    from app.build import BuildConfig, run_build
+
+    train = {"preset": args.preset, "epochs": args.epochs, "batch_size": args.batch_size,
+             "learning_rate": args.lr, "patience": args.patience, "crop": args.crop,
+             "steps_per_epoch": args.steps_per_epoch, "max_minutes": args.max_minutes}
+    cfg = BuildConfig(
+        source=args.source, run_id=args.run_id, root=Path(args.root) if args.root else None,
+        model_run=args.model_run, dataset_name=args.dataset_name,
+        embeddings_run=args.embeddings_run, n_locations=args.n_locations,
+        scene_size=args.scene_size, tile_size=args.tile_size, overlap=args.overlap,
+        downscale=args.downscale, limit=args.limit, seed=args.seed, train=train,
+        layer=args.layer, representation=args.representation, embed_splits=args.splits,
+        embed_limit=args.embed_limit, batch_size=args.batch_size,
+        methods=tuple(args.methods) if args.methods else None, k_min=args.k_min,
+        k_max=args.k_max, k=args.k, eval_splits=tuple(args.eval_splits),
+        overwrite=args.overwrite,
+    )
+    run_build(cfg)
+    return 0
+
+
+def _add_tiling_flags(p: Any) -> None:
+    """The scene and tiling flags ``make-dataset`` and ``build`` share."""
+    p.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post scene pairs")
+    p.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side in pixels")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=0)
+    p.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor first")
+    p.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+
+
+def _add_build_parser(sub: Any) -> None:
+    """``python -m app build`` and its flags (grouped by step)."""
+    p = sub.add_parser(
+        "build", help="the whole path, resumable: make-dataset, train, embed, reduce, evaluate",
+        description="make-dataset → train (skipped with --model-run) → embed → reduce → "
+                    "evaluate, then a summary with the command that serves the run. Rerunning "
+                    "skips every step whose inputs are unchanged (recorded in the manifests) "
+                    "and redoes the rest; a failed step keeps the earlier steps' results.")
+    p.add_argument("--source", required=True, choices=["synthetic", "xbd", "folder"])
+    p.add_argument("--root", help="source folder (xbd: images/ + labels/; folder: images/ + "
+                                  "masks/); not used by synthetic")
+    p.add_argument("--run-id", required=True,
+                   help="names the dataset and the model run (and, with the layer, the "
+                        "embeddings run) unless the flags below name them")
+    p.add_argument("--model-run", default=None,
+                   help="an existing (trained or imported) model run: used as it is, no "
+                        "training")
+    p.add_argument("--dataset-name", default=None, help="datasets/<name> (default: --run-id)")
+    p.add_argument("--embeddings-run", default=None,
+                   help="embeddings run id (default: <run-id>-<layer>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset, model or embeddings run of the same id that no "
+                        "build made (trained by hand, imported, the committed demo)")
+    p.add_argument("--seed", type=int, default=0, help="split, training, maps (default 0)")
+    _add_tiling_flags(p.add_argument_group("dataset"))
+    g = p.add_argument_group("train (skipped with --model-run)")
+    g.add_argument("--preset", choices=["light", "seed"], default="light")
+    g.add_argument("--epochs", type=int, default=40)
+    g.add_argument("--batch-size", type=int, default=8, help="training and embedding batch")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--patience", type=int, default=8)
+    g.add_argument("--crop", type=int, default=128, help="random training crop size")
+    g.add_argument("--steps-per-epoch", type=int, default=None)
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="training time budget (stops after the epoch that exceeds it)")
+    g = p.add_argument_group("embed and reduce")
+    g.add_argument("--layer", default=None,
+                   help="layer to embed (default: the model's: bottleneck, or an imported "
+                        "model's embedding layer)")
+    g.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"],
+                   default="gap")
+    g.add_argument("--splits", nargs="*", default=None, metavar="SPLIT",
+                   help="embed only these splits (default: all tiles)")
+    g.add_argument("--embed-limit", type=int, default=None, help="embed at most this many tiles")
+    g.add_argument("--methods", nargs="+", default=None, choices=registry.reducer_names(),
+                   help="map methods (default: all)")
+    g.add_argument("--k-min", type=int, default=2)
+    g.add_argument("--k-max", type=int, default=10)
+    g.add_argument("--k", type=int, default=None, help="chosen k (default: best silhouette)")
+    g = p.add_argument_group("evaluate")
+    g.add_argument("--eval-splits", nargs="+", default=["test"], metavar="SPLIT",
+                   help="splits scored on the stitched scenes (default: test)")
+    p.set_defaults(func=cmd_build)
 
 
 def _apply_serve_env(args: argparse.Namespace) -> None:
@@ -249,7 +362,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         out = export_savedmodel(args.model_run, Path(args.out), overwrite=args.overwrite)
         print(f"SavedModel of model run {args.model_run} written to {out} "
-              "(signature serving_default: image -> mask, bottleneck)")
+              "(signature serving_default: image -> mask, bottleneck = the model's embedding "
+              "layer)")
         return 0
     from app.export import export_projector
 
@@ -260,10 +374,96 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_model(args: argparse.Namespace) -> int:
+    """``import-model``: detect, check and store a U-Net trained elsewhere."""
+    from app.ml.importer import format_table, import_model
+
+    result = import_model(
+        Path(args.path), args.run_id, custom_objects=args.custom_objects,
+        overwrite=args.overwrite, dry_run=args.dry_run, trained_on=args.trained_on,
+        log=lambda msg: print(msg, flush=True),
+        input_size=args.input_size, size_multiple=args.size_multiple,
+        input_range=args.input_range, mean=args.mean, std=args.std, output=args.output,
+        building_channel=args.building_channel, embedding_layer=args.embedding_layer,
+    )
+    print(format_table(result.rows))
+    print(f"check: the wrapped model's mask equals the model's building probability "
+          f"(max difference {result.check['max_abs_diff']:.2g} on a "
+          f"{result.check['size'][0]}x{result.check['size'][1]} image)")
+    if result.path is None:
+        print("dry run: nothing written")
+        return 0
+    print(f"model run written to {result.path} (the file is stored as it is, SHA-256 "
+          "recorded; it is never re-saved)")
+    print(f"next: python -m app build --source folder|xbd --root DIR --run-id NAME "
+          f"--model-run {args.run_id}  (embed, maps, evaluation on your images; then serve)")
+    return 0
+
+
+def _add_import_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "import-model", help="import a U-Net trained elsewhere (.keras or legacy .h5)",
+        description="Import a Keras U-Net so that every page works on it. The file is loaded "
+        "with safe_mode=True (no lambda code), checked, and copied as it is into "
+        "model_store/<run-id>/; a table says what was detected, each item can be overridden.")
+    p.add_argument("path", help="the model file: a Keras 3 .keras archive or a legacy .h5")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--custom-objects", metavar="MODULE", default=None,
+                   help="a Python module (importable name) that defines or registers the "
+                        "model's custom layers. Importing it RUNS ITS CODE, here and in every "
+                        "process that later loads this run (embed, serve): name only a module "
+                        "you trust")
+    p.add_argument("--input-size", type=int, default=None, metavar="N",
+                   help="resize every image to N x N for the model (default: the model's "
+                        "fixed size, or none for a free-size model)")
+    p.add_argument("--size-multiple", type=int, default=None, metavar="M",
+                   help="free-size model: pad images to a multiple of M (default: probed)")
+    p.add_argument("--input-range", choices=["0-1", "0-255", "-1-1"], default=None,
+                   help="what pixel range the model expects (default: 0-255 when it rescales "
+                        "inside, else 0-1)")
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="V",
+                   help="per-channel mean (1 or 3 values, in --input-range units) subtracted "
+                        "after the range scaling")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="V",
+                   help="per-channel std (1 or 3 values) divided by after the mean")
+    p.add_argument("--output", choices=["sigmoid", "logits", "softmax"], default=None,
+                   help="what the model returns (default: detected): sigmoid probabilities, "
+                        "logits (1 channel: sigmoid logits; N: softmax logits), softmax")
+    p.add_argument("--building-channel", type=int, default=None, metavar="C",
+                   help="the output channel that is 'building' (default: 0 of 1, else 1)")
+    p.add_argument("--embedding-layer", default=None, metavar="NAME",
+                   help="the layer the maps embed from (default: the deepest spatial layer)")
+    p.add_argument("--trained-on", default=None, metavar="TEXT",
+                   help="what the model was trained on, in words (stored as the manifest's "
+                        "dataset name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument("--dry-run", action="store_true", help="detect and check; write nothing")
+    p.set_defaults(func=cmd_import_model)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     print("model runs:", ", ".join(artifacts.list_runs(config.MODEL_STORE)) or "(none)")
     print("embeddings runs:", ", ".join(artifacts.list_runs(config.EMBEDDINGS_DIR)) or "(none)")
     return 0
+
+
+def _add_evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model on a dataset's whole scenes (each pixel once): pixel and "
+                         "building scores, per source/disaster/phase",
+        description="Pixel precision, recall, F1 and IoU and building-level F1 (IoU >= 0.5) of a "
+        "model on a tile dataset, overall and per source, disaster and pre/post. Each tile is "
+        "predicted once; each scene is stitched back from its tiles and scored whole, so every "
+        "scene pixel counts once (never twice on overlapping tiles or reflect padding). The "
+        "Evaluate page shows the same numbers.")
+    p.add_argument("--model-run", required=True, help="a model-store run (trained or imported)")
+    p.add_argument("--dataset", required=True, help="a make-dataset output folder (or its name "
+                                                    "under datasets/)")
+    p.add_argument("--splits", nargs="+", default=["test"], metavar="SPLIT",
+                   help="train, val and/or test (default: test)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the scores here (JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,11 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="source folder (xbd: images/ + labels/; folder: images/ + masks/)")
     p.add_argument("--name", default="synthetic", help="dataset name (default: %(default)s)")
     p.add_argument("--out", help="output folder (default: datasets/<name>)")
-    p.add_argument("--n-locations", type=int, default=24, help="synthetic: pre/post scene pairs")
-    p.add_argument("--scene-size", type=int, default=1024, help="synthetic scene side in pixels")
-    p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--overlap", type=int, default=0)
-    p.add_argument("--downscale", type=int, default=1, help="shrink scenes by this factor first")
+    _add_tiling_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_dataset)
 
@@ -305,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-run", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--run-id", required=True)
-    p.add_argument("--layer", default="bottleneck")
+    p.add_argument("--layer", default=None,
+                   help="layer to embed (default: the model's: bottleneck, or an imported "
+                        "model's embedding layer)")
     p.add_argument("--representation", choices=["gap", "avgmax", "spp", "flatten"], default="gap")
     p.add_argument("--splits", nargs="*", default=None, metavar="SPLIT",
                    help="only the tiles of these splits (train, val, test); "
@@ -315,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiles per forward pass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_embed)
+
+    _add_evaluate_parser(sub)
 
     p = sub.add_parser("reduce", help="PCA / t-SNE / UMAP maps and a K-means sweep of a run")
     p.add_argument("run_id")
@@ -326,11 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_reduce)
 
-    p = sub.add_parser("demo", help="build the shipped demo: synthetic data, model, embeddings")
-    p.add_argument("--n-locations", type=int, default=20, help="pre/post scene pairs")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--max-minutes", type=float, default=20.0, help="training time budget")
-    p.add_argument("--seed", type=int, default=0)
+    _add_ood_parser(sub)
+
+    _add_build_parser(sub)
+
+    p = sub.add_parser("demo", help="build the shipped demo (= build with the demo's flags)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="start the dashboard")
@@ -360,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--no-sprite", action="store_true", help="skip sprite.png")
     e.set_defaults(func=cmd_export)
+
+    _add_import_parser(sub)
 
     p = sub.add_parser("runs", help="list stored model and embeddings runs")
     p.set_defaults(func=cmd_runs)

@@ -11,7 +11,9 @@ SavedModel (``tf.saved_model.save`` with an explicit ``serving_default`` signatu
   does, and the outputs are cropped back;
 - output ``mask``: float32 ``[batch, height, width, 1]``, the building probability per pixel;
 - output ``bottleneck``: float32 ``[batch, ceil(height/16), ceil(width/16), channels]``, the
-  activations of the ``bottleneck`` layer (the layer the dashboard's maps are made from).
+  activations of the ``bottleneck`` layer (the layer the dashboard's maps are made from; for an
+  imported model, its ``embedding_layer``, named in ``unet_lens.json``; an imported model pads
+  or resizes inside, so its map's size follows the model's own geometry).
 
 ``assets.extra/unet_lens.json`` beside it names the model run and its SHA-256 (TF Serving ignores
 that folder). TF Serving wants ``<model_base_path>/<version>/saved_model.pb``, so export to e.g.
@@ -115,12 +117,13 @@ def export_savedmodel(model_run: str, out: Path, *, store: Path | None = None,
     path, sha = artifacts.verify_model_file(model_run, store)
     manifest = artifacts.read_model_manifest(model_run, store)
     model = artifacts.load_model(model_run, store)
-    if BOTTLENECK_LAYER not in {layer.name for layer in model.layers}:
+    layer = artifacts.model_default_layer(manifest)  # an imported model's embedding layer
+    if layer not in {lyr.name for lyr in model.layers}:
         raise artifacts.ArtifactError(
-            f"model run {model_run!r} has no {BOTTLENECK_LAYER!r} layer to export.")
+            f"model run {model_run!r} has no {layer!r} layer to export.")
     import tensorflow as tf  # lazy: see serving_module
 
-    module = serving_module(model)
+    module = serving_module(model, layer)
     with atomic_dir(out) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         extra = tmp / "assets.extra"
@@ -128,6 +131,7 @@ def export_savedmodel(model_run: str, out: Path, *, store: Path | None = None,
         info = {
             "model_run": model_run, "model_sha256": sha, "source": str(path.name),
             "preset": manifest.get("preset"), "input_size": manifest.get("input_size"),
+            "bottleneck_layer": layer,
             "signature": {
                 "name": "serving_default",
                 "inputs": {"image": "float32 [batch, height, width, 3], RGB 0..255"},

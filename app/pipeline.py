@@ -6,7 +6,10 @@
 - :func:`run_reduce`: an embeddings run → ``reduced/`` (one map per registered method of
   ``app.ml.registry``, K-means sweep, per-tile silhouettes, cluster-label agreement, fitted
   reducers) and ``manifest["reduce"]``. Reads only ``vectors.npy`` and ``tiles.parquet``: never
-  re-runs the network.
+  re-runs the network. It then fits the out-of-distribution guard (:func:`run_ood`).
+- :func:`run_ood`: an embeddings run → ``ood/`` (``app.ml.ood``: k-NN index of the training
+  tiles, held-out calibration, every tile's score) and ``manifest["ood"]``; also
+  ``python -m app ood EID`` for runs made before the guard existed.
 
 What a live request needs from a run (embed one image, place it, re-cluster) is in
 ``app.ml.apply``; nothing in ``app.ml`` or ``app.web`` imports this module. Every file is
@@ -41,6 +44,7 @@ from app import artifacts
 from app.artifacts import EmbeddingsRun
 from app.data.dataset import TileDataset
 from app.fsutil import atomic_dir
+from app.ml import ood as ood_lib
 from app.ml import registry
 from app.ml.cluster import agreement_table, kmeans_sweep, silhouette_per_sample, validate_k
 from app.ml.extract import extract_embeddings, tile_id_filter, tile_labels
@@ -54,7 +58,7 @@ def run_embed(
     dataset_path: Path,
     run_id: str,
     *,
-    layer: str = "bottleneck",
+    layer: str | None = None,
     representation: str = "gap",
     splits: Sequence[str] | None = None,
     limit: int | None = None,
@@ -67,10 +71,13 @@ def run_embed(
 
     ``extract_kwargs`` go to :func:`app.ml.extract.extract_embeddings` (batch_size,
     projection_dims, projection, random_state, dtype, thumb_size, threshold, progress).
+    ``layer`` None: the model's default (``artifacts.model_default_layer``).
     """
     artifacts.validate_run_id(run_id)
     final = artifacts.embeddings_dir(run_id, embeddings_root)
     _, model_sha = artifacts.verify_model_file(model_run, model_store)
+    layer = layer or artifacts.model_default_layer(
+        artifacts.read_model_manifest(model_run, model_store))
     model = artifacts.load_model(model_run, model_store)
     dataset = TileDataset.open(Path(dataset_path))
     tile_ids = tile_id_filter(dataset.table, splits, limit)
@@ -212,6 +219,8 @@ def run_reduce(
     model_store: Path | None = None,
     check_model: bool = False,
     progress: bool = True,
+    ood: bool = True,
+    ood_params: dict[str, Any] | None = None,
 ) -> Path:
     """Fit the maps and the K-means sweep of embeddings run ``run_id``; write ``reduced/``
     atomically, then ``manifest["reduce"]``; return the ``reduced/`` folder.
@@ -221,7 +230,8 @@ def run_reduce(
     method's fit over its registry ``pipeline_params``. ``k`` is the chosen number of clusters
     (default: the sweep's best silhouette); it is added to the sweep when missing from
     ``k_values``. ``check_model`` re-checks the model's hash (off by default: reduce never
-    touches the network).
+    touches the network). ``ood`` then fits the out-of-distribution guard with ``ood_params``
+    (:func:`run_ood`; a run it cannot be fitted on records why instead).
     """
     methods = _check_methods(registry.reducer_names() if methods is None else methods)
     if n_components != 2:
@@ -321,7 +331,65 @@ def run_reduce(
         "best_k": sweep.best_k,
         "timing": {"seconds": round(time.perf_counter() - started, 3), **timings},
     })
+    if ood:
+        run_ood(run_id, ood_params, embeddings_root=embeddings_root, model_store=model_store,
+                progress=progress, skip_unfit=True)
     return run.path / artifacts.REDUCED_DIR
 
 
-__all__ = ["run_embed", "run_reduce"]
+# --------------------------------------------------------------------------- ood
+
+
+def run_ood(
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    *,
+    embeddings_root: Path | None = None,
+    model_store: Path | None = None,
+    progress: bool = True,
+    skip_unfit: bool = False,
+) -> dict[str, Any]:
+    """Fit the out-of-distribution guard of embeddings run ``run_id`` (``app.ml.ood``), write
+    ``ood/`` atomically and ``manifest["ood"]``; return that manifest entry.
+
+    With the run's own representation it reads only the stored vectors; another pooling
+    (``params["representation"]``) re-embeds the run's stored full-resolution tiles with its
+    model. ``skip_unfit``: a run the guard cannot be fitted on (no split column, no training
+    or held-out tiles) records why in ``manifest["ood"]["skipped"]`` instead of raising.
+    """
+    p = ood_lib.validate_params(params)
+    run = EmbeddingsRun.open(run_id, embeddings_root, model_store=model_store, check_model=False)
+    started = time.perf_counter()
+    vectors = None
+    own = run.manifest.get("representation", "gap")
+    if p["representation"] not in (None, own):
+        model = artifacts.load_model(run.model_run, model_store)
+        with tqdm(total=len(run.tiles), desc=f"ood {run_id}: {p['representation']}",
+                  unit="tile", disable=not progress) as bar:
+            vectors = ood_lib.vectors_from_stored_tiles(
+                run, model, p["representation"], progress=lambda d, _t: bar.update(d - bar.n))
+    try:
+        index, scores = ood_lib.fit_ood(run, p, vectors=vectors)
+    except ValueError as exc:
+        if not skip_unfit:
+            raise
+        entry = {"skipped": str(exc), "params": p, "created": artifacts.now_iso()}
+        artifacts.update_embeddings_manifest(run, ood=entry)
+        return entry
+    table = ood_lib.scores_table(run.tiles["tile_id"].astype(str).to_numpy(), index, scores)
+    files = artifacts.write_ood(run.path, index.to_arrays(with_vectors=vectors is not None),
+                                table)
+    entry = {
+        "params": index.params,
+        "info": index.info,
+        "files": files,
+        "created": artifacts.now_iso(),
+        "versions": artifacts.versions(),
+        "vectors_sha256": run.manifest.get("files", {}).get(artifacts.VECTORS_FILE),
+        "timing": {"seconds": round(time.perf_counter() - started, 3)},
+    }
+    artifacts.update_embeddings_manifest(run, ood=entry)
+    return entry
+
+
+__all__ = ["run_embed", "run_ood", "run_reduce"]

@@ -2,25 +2,36 @@
 
 Pages register their callbacks with ``dash.callback`` into Dash's module-level lists when
 ``Dash(...)`` imports them, and Dash hands those lists to the first app that serves a request.
-A server process builds one app, so the app never patches Dash for this; tests build several,
-so each is served one request as soon as it is built (it takes its own callbacks then, before
-the next app re-imports the pages).
+``create_app`` serves itself that first request (``main._finish_dash_setup``), so each app has
+taken its own callbacks before the next one re-imports the pages.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from dash import Dash
 
+from app.web import runs
 from app.web.main import create_app
 
 
 def built_app(*args: Any, **kwargs: Any) -> Dash:
-    """``create_app(...)`` that has already taken its pages' callbacks."""
-    app = create_app(*args, **kwargs)
-    app.server.test_client().get("/_dash-dependencies")
-    return app
+    """``create_app(...)``, which has already taken its pages' callbacks."""
+    return create_app(*args, **kwargs)
 
 
-__all__ = ["built_app"]
+@contextlib.contextmanager
+def runs_restored() -> Iterator[None]:
+    """Restore the process-wide default runs afterwards: ``create_app`` sets them, and a
+    session-wide server built earlier (``live_server``) reads them on every request."""
+    saved = dict(runs._settings)
+    try:
+        yield
+    finally:
+        runs.configure(**saved)
+
+
+__all__ = ["built_app", "runs_restored"]

@@ -171,7 +171,12 @@ def _activation_model(model: keras.Model, layer: str) -> keras.Model:
 
 
 def _size_factor(model: keras.Model) -> int:
-    """Spatial divisor a fully convolutional model needs (product of pooling strides)."""
+    """Spatial divisor a fully convolutional model needs (product of pooling strides); 1 for
+    an imported model's canonical wrapper, which pads or resizes inside."""
+    from app.ml.adapter import lens_info
+
+    if lens_info(model) is not None:
+        return 1
     factor = 1
     for lyr in model.layers:
         if isinstance(lyr, layers.MaxPooling2D | layers.AveragePooling2D):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import math
 import threading
 import time
@@ -295,6 +296,16 @@ class ModelService:
         return self._model
 
     @property
+    def cache_id(self) -> str:
+        """What keys this model's cached results: its ``sha256``, and for an imported run also
+        its adapter (one file imported twice with other settings gives other results)."""
+        adapter = self.manifest.get("adapter") if self.run_id is not None else None
+        if not adapter:
+            return self.sha256
+        blob = json.dumps(adapter, sort_keys=True, default=str)
+        return hashlib.sha256(f"{self.sha256}|{blob}".encode()).hexdigest()
+
+    @property
     def sha256(self) -> str:
         """The model file's SHA-256 (or a hash of an in-memory model's weights)."""
         if self._sha is None:
@@ -316,8 +327,21 @@ class ModelService:
         """"GPU" when TensorFlow sees one, else "CPU"."""
         return _device()
 
+    @property
+    def default_layer(self) -> str:
+        """The layer embeddings and Grad-CAM use unless told otherwise: an imported model's
+        ``embedding_layer`` (its deepest spatial layer, or the one the user chose), else
+        ``bottleneck``."""
+        if self.run_id is None and self._model is not None:  # in-memory model (tests)
+            from app.ml.adapter import lens_info  # lazy: TensorFlow
+
+            info = lens_info(self._model)
+            return info.default_layer if info is not None else "bottleneck"
+        return artifacts.model_default_layer(self.manifest)
+
     def conv_layers(self) -> list[str]:
-        """Layer names offered for explanations (enc*, bottleneck, dec*, logits)."""
+        """Layer names offered for explanations (enc*, bottleneck, dec*, logits; an imported
+        model's candidate layers, then logits)."""
         from app.ml.unet import named_conv_layers  # lazy: unet imports keras (TensorFlow)
 
         return named_conv_layers(self.model)
@@ -355,7 +379,7 @@ class ModelService:
 
         if not use_cache:
             return compute()
-        key = (self.sha256, image_sha256(arr), "predict", "", "", ())
+        key = (self.cache_id, image_sha256(arr), "predict", "", "", ())
         prob, _ = self.cache.get_or_compute(key, compute)
         return prob
 
@@ -422,7 +446,7 @@ class ModelService:
 
         if not use_cache:
             return compute(), False
-        key = (self.sha256, image_sha256(arr), "segment", "", "",
+        key = (self.cache_id, image_sha256(arr), "segment", "", "",
                _freeze({"tile": tile, "stride": stride}))
         return self.cache.get_or_compute(key, compute)
 
@@ -459,7 +483,7 @@ class ModelService:
         return np.ascontiguousarray(np.clip(acc[:h, :w], 0.0, 1.0))
 
     # ------------------------------------------------------------------ warm-up
-    def warm_up(self, sizes: tuple[int, ...] = (256, 1024), layer: str = "bottleneck") -> dict:
+    def warm_up(self, sizes: tuple[int, ...] = (256, 1024), layer: str | None = None) -> dict:
         """Load the model and trace the forward pass at each size and the Seg-Grad-CAM pass of
         ``layer`` once, on a grey image, caching nothing; returns seconds per step.
 
@@ -473,6 +497,7 @@ class ModelService:
         t0 = time.perf_counter()
         self.sha256  # noqa: B018 - loads (and hash-checks) the model
         timings["load"] = time.perf_counter() - t0
+        layer = layer or self.default_layer
         for size in sizes:
             t0 = time.perf_counter()
             self.predict_batch(np.full((1, size, size, 3), 128.0, np.float32))
@@ -491,7 +516,7 @@ class ModelService:
         image: object,
         method: str = "seg-grad-cam",
         *,
-        layer: str = "bottleneck",
+        layer: str | None = None,
         target: str = "predicted",
         box: tuple[float, float, float, float] | None = None,
         pixel: tuple[float, float] | None = None,
@@ -506,6 +531,7 @@ class ModelService:
         spec = registry.explainer(method)
         arr = _as_rgb(image)
         started = time.perf_counter()
+        layer = layer or self.default_layer
         channel = channel if spec.uses_channel else None
         if not spec.uses_target:
             target = "channel" if spec.uses_channel else "mean"
@@ -518,7 +544,7 @@ class ModelService:
                 params["pixel"] = tuple(round(float(v), 2) for v in (pixel or ()))
         if not spec.uses_layer:
             layer = "image"
-        key = (self.sha256, image_key or image_sha256(arr), method, layer, target, _freeze(params))
+        key = (self.cache_id, image_key or image_sha256(arr), method, layer, target, _freeze(params))
         result, hit = self.cache.get_or_compute(
             key, lambda: self._explain(arr, spec, layer, target, box, pixel, channel, threshold)
         )
@@ -554,7 +580,7 @@ class ModelService:
         """Cached ``app.ml.explain.activation_maximisation`` image (size, size, 3) uint8."""
         from app.ml import explain as ex  # lazy: explain imports TensorFlow
 
-        key = (self.sha256, "", "activation-maximisation", layer, str(channel),
+        key = (self.cache_id, "", "activation-maximisation", layer, str(channel),
                _freeze({"size": size, "steps": steps}))
         image, _ = self.cache.get_or_compute(
             key, lambda: ex.activation_maximisation(
@@ -589,7 +615,7 @@ class ModelService:
             notes["resized"] = f"{w}x{h} → {nw}x{nh}"
         if representation != "flatten":
             arr = pad_to_multiple(arr)
-        key = (self.sha256, image_sha256(arr), "embed", run.layer, representation,
+        key = (self.cache_id, image_sha256(arr), "embed", run.layer, representation,
                _freeze({"run": run.run_id, "dims": run.manifest.get("counts", {}).get("dims")}))
 
         def compute() -> np.ndarray:

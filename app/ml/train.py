@@ -194,17 +194,48 @@ class _TimeBudget(keras.callbacks.Callback):
         return f"budget {left:.1f} of {self.seconds / 60:g} min left"
 
 
-class _Progress(keras.callbacks.Callback):
-    """A tqdm bar per epoch (steps done of the total, rate, ETA, running loss) whose last state
-    stays on screen with the epoch's validation IoU and, with a budget, the minutes left; so
-    the first line shows as soon as training starts rather than when epoch 1 ends."""
+def _duration(seconds: float) -> str:
+    """``"42 s"``, ``"3.5 min"`` or ``"1.2 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
-    def __init__(self, epochs: int, steps: int | None, budget: _TimeBudget | None) -> None:
+
+class _Progress(keras.callbacks.Callback):
+    """A tqdm bar per epoch (steps done of the total, rate, ETA, running loss and the time
+    budget left) whose last state stays on screen with the epoch's validation IoU.
+
+    When stderr is not a terminal (``make ... | tee``, CI logs) a bar only ends its line when
+    its epoch ends, so plain lines are written too: after the first step (the one that traces
+    the graph), then every ``line_seconds``, each with the steps done of the whole run, the
+    seconds per step, the ETA of the epoch and of the run (bounded by the budget) and the
+    budget left. Seconds per step are a moving average of the step times, the first step
+    (graph tracing) and validation left out once later steps are known.
+    """
+
+    def __init__(self, epochs: int, steps: int | None, budget: _TimeBudget | None,
+                 *, lines: bool | None = None, line_seconds: float = 30.0) -> None:
         super().__init__()
         self.epochs, self.steps, self.budget = epochs, steps, budget
         self.bar: tqdm | None = None
+        isatty = getattr(sys.stderr, "isatty", None)
+        self.lines = (not (isatty and isatty())) if lines is None else lines
+        self.line_seconds = line_seconds
+        self.epoch = 0
+        self.done = 0  # steps done over every epoch
+        self.start = time.monotonic()
+        self.next_line = 0.0
+        self.last = self.start  # when the previous step (or the epoch) ended
+        self.per_step: float | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.start = self.last = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+        self.last = time.monotonic()
         total = self.params.get("steps") or self.steps
         self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
                         leave=True, dynamic_ncols=True)
@@ -212,10 +243,42 @@ class _Progress(keras.callbacks.Callback):
             self.bar.set_postfix_str(self.budget.left())
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.done += 1
+        now = time.monotonic()
+        step_seconds, self.last = now - self.last, now
+        if self.done == 2 or self.per_step is None:
+            self.per_step = step_seconds  # the second step replaces the tracing one
+        else:
+            self.per_step = 0.8 * self.per_step + 0.2 * step_seconds
+        loss = f"loss {float(logs['loss']):.4f}" if logs and "loss" in logs else ""
         if self.bar is not None:
             self.bar.update(1)
-            if logs and "loss" in logs:
-                self.bar.set_postfix_str(f"loss {float(logs['loss']):.4f}", refresh=False)
+            parts = [p for p in (loss, self.budget.left() if self.budget else "") if p]
+            self.bar.set_postfix_str(", ".join(parts), refresh=False)
+        if self.lines and now >= self.next_line:
+            self.next_line = now + self.line_seconds
+            tqdm.write(self.line(batch + 1, loss), file=sys.stderr)
+
+    def line(self, step: int, loss: str = "") -> str:
+        """One plain progress line (see the class docstring)."""
+        steps = self.params.get("steps") or self.steps or 0
+        elapsed = time.monotonic() - self.start
+        per_step = self.per_step if self.per_step is not None else elapsed
+        all_steps = steps * self.epochs
+        parts = [f"epoch {self.epoch + 1}/{self.epochs} step {step}/{steps or '?'}",
+                 f"{self.done}/{all_steps or '?'} steps of the run",
+                 f"{per_step:.2f} s/step"]
+        if steps:
+            parts.append(f"epoch ETA {_duration(per_step * max(0, steps - step))}")
+            run_left = per_step * max(0, all_steps - self.done)
+            if self.budget is not None:
+                run_left = min(run_left, max(0.0, self.budget.seconds - elapsed))
+            parts.append(f"run ETA at most {_duration(run_left)}")
+        if loss:
+            parts.append(loss)
+        if self.budget is not None:
+            parts.append(self.budget.left())
+        return "train: " + ", ".join(parts)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         if self.bar is not None:

@@ -110,7 +110,14 @@ def build_unet(
 
 
 def named_conv_layers(model: keras.Model) -> list[str]:
-    """Layer names a user may pick for embeddings and Grad-CAM, shallow to deep to output."""
+    """Layer names a user may pick for embeddings and Grad-CAM, shallow to deep to output.
+
+    An imported model's canonical wrapper (``app.ml.adapter``) lists its own candidates."""
+    from app.ml.adapter import lens_info  # lazy: adapter imports TensorFlow ops
+
+    info = lens_info(model)
+    if info is not None:
+        return [*info.layers, "logits"]
     wanted = [layer.name for layer in model.layers]
     order = [n for n in wanted if n.startswith("enc") and n[3:].isdigit()]
     order += [n for n in wanted if n == "bottleneck"]

@@ -8,7 +8,11 @@
 - ``POST /api/segment[?format=png][&threshold=0.5][&model=<run>]``: an image as a multipart
   ``file`` field or as the raw request body (whatever its declared Content-Type, so
   ``curl --data-binary @a.png`` works) → building statistics and the mask as a base64
-  PNG, or the mask PNG itself with ``format=png``. Decoded by ``app.data.imageio.decode_image``
+  PNG, or the mask PNG itself with ``format=png``. Also ``trained_on`` (what the model was
+  trained on) and ``ood`` (``app.web.logic.ood.check_image``: ``available``, ``score`` 0-100,
+  ``ood``, ``percentile``, ``nearest`` [[training tile id, distance]], ``message``); with
+  ``format=png`` the headers ``X-OOD`` (in-distribution / out-of-distribution / unavailable),
+  ``X-OOD-Score`` and ``X-OOD-Nearest``. Decoded by ``app.data.imageio.decode_image``
   (same formats, limits and messages as the pages), segmented by
   ``app.ml.inference.ModelService.segment_large``. An image over ``config.MAX_INFER_PIXELS``
   is downscaled to fit first; ``downscaled`` in the JSON (``X-Downscaled`` with ``format=png``)
@@ -45,6 +49,7 @@ from app.ml import inference, registry
 from app.web import gate, health, runs
 from app.web.images import png_bytes
 from app.web.logic import clusters
+from app.web.logic import ood as ood_logic
 from app.web.logic import tiles as tile_logic
 from app.web.uploads import describe_downscale, safe_name
 
@@ -282,6 +287,7 @@ def _segment(data: bytes, name: str, model_arg: str | None, threshold: float,
     started = time.perf_counter()
     prob = service.segment_large(rgb)
     mask, stats = building_stats(prob, threshold)
+    verdict = ood_logic.check_image(runs.get_run(runs.default_run_id()), service, rgb)
     png = png_bytes(mask)
     downscaled = None
     if "downscaled_from" in notes:
@@ -294,12 +300,16 @@ def _segment(data: bytes, name: str, model_arg: str | None, threshold: float,
         "device": service.device, "ms": round((time.perf_counter() - started) * 1000, 1),
         "downscaled": downscaled,
         "notes": {k: v for k, v in notes.items() if isinstance(v, str | int | float | bool)},
+        "trained_on": verdict["trained_on"],
+        "ood": {k: verdict[k] for k in ("available", "score", "ood", "percentile", "nearest",
+                                        "message")},
     })
     if fmt == "png":
         response = Response(png, mimetype="image/png")
         response.headers["X-Building-Count"] = str(stats["building_count"])
         response.headers["X-Building-Fraction"] = f"{stats['building_fraction']:.6f}"
         response.headers["X-Model-Run"] = str(service.run_id)
+        response.headers.update(ood_logic.headers(verdict))
         if downscaled is not None:
             response.headers["X-Downscaled"] = (f"{notes['downscaled_from']} to "
                                                 f"{notes['downscaled_to']}")

@@ -135,6 +135,8 @@ def tooltip(run_id: str, version: str, rec: dict[str, Any]) -> html.Div:
     ]
     if rec.get("cluster") is not None:
         stats.append(stat("Cluster", str(rec["cluster"])))
+    if rec.get("ood_score") is not None:
+        stats.append(stat("OOD score", f"{rec['ood_score']:.0f}", cls="tip-ood"))
     children: list[Any] = [
         html.Div([
             html.Figure([img(run_id, "thumb", tid, version, f"tile {tid}", "tip-img"),
@@ -253,6 +255,8 @@ def detail_panel(
         stat("Cluster", fmt(rec.get("cluster"))),
         stat("Silhouette", fmt(rec.get("silhouette"), 2)),
     ]
+    if rec.get("ood_score") is not None:
+        stats.append(stat("OOD score", f"{rec['ood_score']:.0f} / 100"))
     score_name = "cos" if metric == "cosine" else "dist"
     cards = [
         record_card(run_id, version, nrec, "nb", note=f"{score_name} {score:.3f}", overlay=False)
@@ -395,6 +399,26 @@ def message(text: Any, kind: str = "error", cid: str | None = None) -> html.Div:
     if kind == "error":
         kwargs["role"] = "alert"
     return html.Div(text, className=f"lens-msg lens-msg-{kind}", **kwargs)
+
+
+def ood_block(verdict: dict[str, Any] | None) -> list[Any]:
+    """Above a result: the out-of-distribution warning (naming the nearest training tiles) when
+    the image is unlike the training tiles, then what the model was trained on and the score.
+    ``verdict`` is ``app.web.logic.ood.check_image``'s."""
+    if not verdict:
+        return []
+    out: list[Any] = []
+    if verdict.get("ood"):
+        out.append(html.Div(verdict["message"], className="lens-msg lens-msg-warn ood-warning",
+                            id=ids.OOD_WARNING, role="alert"))
+    line = [html.Span(verdict.get("trained_on", ""), className="ood-trained-on")]
+    if verdict.get("available"):
+        line.append(html.Span(f" · out-of-distribution score {verdict['score']:.1f} / 100 "
+                              f"(warns above {verdict['percentile']:g})", className="ood-score"))
+    elif verdict.get("message"):
+        line.append(html.Span(f" · {verdict['message']}", className="ood-score"))
+    out.append(html.Div(line, className="panel-foot ood-line", id=ids.OOD_LINE))
+    return out
 
 
 def panel(title: Any, child: Any, hint: Any = "", cls: str = "", cid: str | None = None,

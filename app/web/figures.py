@@ -438,7 +438,7 @@ def image_figure(src: str, width: int, height: int, target: str,
 # --------------------------------------------------------------------------- evaluate
 
 
-def pr_figure(ev: evaluate.Evaluation, threshold: float, height: int = 300) -> go.Figure:
+def pr_figure(ev: evaluate.Evaluation | evaluate.DatasetScore, threshold: float, height: int = 300) -> go.Figure:
     """Pixel precision vs recall over thresholds, the current threshold marked."""
     c = evaluate.curves(ev)
     cur = evaluate.pixel_summary(ev, threshold)
@@ -461,7 +461,7 @@ def pr_figure(ev: evaluate.Evaluation, threshold: float, height: int = 300) -> g
     return fig
 
 
-def threshold_figure(ev: evaluate.Evaluation, threshold: float, height: int = 300) -> go.Figure:
+def threshold_figure(ev: evaluate.Evaluation | evaluate.DatasetScore, threshold: float, height: int = 300) -> go.Figure:
     """IoU and F1 vs threshold, the current threshold and the best-IoU one marked."""
     c = evaluate.curves(ev)
     fig = go.Figure()

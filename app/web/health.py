@@ -141,8 +141,10 @@ def check_model(run_id: str) -> str:
     Cheap and TensorFlow-free: ``artifacts.verify_model_file`` hashes the file and compares it
     with the manifest (its result remembered per stat and expected hash), and the archive must be a zip holding Keras's ``config.json``.
     """
-    expected = artifacts.read_model_manifest(run_id).get("files", {}).get("model.keras")
-    path = artifacts.model_dir(run_id) / "model.keras"
+    manifest = artifacts.read_model_manifest(run_id)
+    name = artifacts.model_file_name(manifest, run_id)
+    expected = manifest.get("files", {}).get(name)
+    path = artifacts.model_dir(run_id) / name
     try:
         key = (*_stat_key(path), str(expected))
     except FileNotFoundError:
@@ -161,6 +163,11 @@ def check_model(run_id: str) -> str:
         if key is not None:
             with _hash_lock:
                 _verified[run_id] = (key, found)
+    if name == artifacts.MODEL_FILE_H5:
+        with path.open("rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise ArtifactError(f"model run {run_id!r}: {path} is not an HDF5 file.")
+        return found
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())

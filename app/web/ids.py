@@ -81,6 +81,7 @@ XP_UPLOAD = "explain-upload"
 XP_UPLOAD_ROW = "explain-upload-row"
 XP_UPLOAD_MSG = "explain-upload-message"
 XP_UPLOAD_KEY = "explain-upload-key"  # dcc.Store: cache key of the decoded upload
+XP_OOD = "explain-ood"  # above the results: trained on, out-of-distribution verdict / score
 XP_SUGGEST = "explain-suggestions"
 XP_SUGGEST_CARD = "explain-suggest-card"  # pattern type, index = tile id
 XP_METHOD = "explain-method"
@@ -151,3 +152,7 @@ SG_MAP = "segment-map"
 SG_MAP_NOTE = "segment-map-note"
 SG_NEIGHBOURS = "segment-neighbours"
 SG_CONTENT = "segment-content"
+
+# ---------------------------------------------------------------- any result (segment, explain)
+OOD_WARNING = "ood-warning"  # "unlike every tile the model was trained on" (only when it is)
+OOD_LINE = "ood-line"  # what the model was trained on + the out-of-distribution score

@@ -162,7 +162,8 @@ def _manifest_mtime(path: Path) -> int:
 def run_version(run: EmbeddingsRun) -> str:
     """A short hash that changes whenever the run is rebuilt (for cache keys and image URLs)."""
     key = run.manifest.get("created", "")
-    for name in ("tiles.parquet", "reduced/coords.parquet", "reduced/labels.npy"):
+    for name in ("tiles.parquet", "reduced/coords.parquet", "reduced/labels.npy",
+                 "ood/scores.parquet"):
         path = run.path / name
         if path.is_file():
             st = path.stat()
@@ -259,7 +260,11 @@ PROOF_SIDE = 32
 
 def _model_key(run_id: str) -> tuple | None:
     try:
-        st = (artifacts.model_dir(run_id) / "model.keras").stat()
+        path = artifacts.model_dir(run_id) / artifacts.MODEL_FILE
+        if not path.exists():  # an imported legacy model (manifest "model_file": model.h5)
+            name = artifacts.model_file_name(artifacts.read_model_manifest(run_id), run_id)
+            path = path.with_name(name)
+        st = path.stat()
     except (OSError, ArtifactError):
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino)

@@ -59,3 +59,68 @@ def test_bad_file_shows_a_message_and_the_page_still_works(browser: Browser,
                  what="the mask after a good upload")
     assert "Segmented good.png" in browser.css("#segment-message")[0].text
     assert browser.severe() == []
+
+
+# --------------------------------------------------------------------------- out-of-distribution
+
+
+def _guarded_run(browser_run: tuple[Path, str]) -> None:
+    from app.artifacts import EmbeddingsRun
+
+    root, run_id = browser_run
+    problem = EmbeddingsRun.open(run_id, root, check_model=False).ood_problem()
+    if problem:
+        pytest.skip(f"the served run has no out-of-distribution guard: {problem}")
+
+
+def write_unlike(path: Path, size: int = 384) -> Path:
+    """Unlike every synthetic scene (committed-safe, generated): saturated magenta ground with
+    cyan stripes and a red checkerboard, as no aerial scene looks."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.zeros((size, size, 3), np.uint8)
+    img[...] = (255, 0, 255)
+    img[::12] = (0, 255, 255)
+    yy, xx = np.mgrid[:size, :size]
+    img[((yy // 32 + xx // 32) % 2 == 0) & (xx > size // 2)] = (255, 0, 0)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def write_held_out_scene(path: Path) -> Path:
+    """A scene of a location the demo model never trained on: location 7 of the demo's seed,
+    which its split holds out for testing (regenerated, deterministic)."""
+    from PIL import Image
+
+    from app.data.synthetic import iter_synthetic
+
+    scene = next(s for s in iter_synthetic(8, seed=0, size=1024) if s.scene_id.endswith("07_pre"))
+    Image.fromarray(scene.image).save(path)
+    return path
+
+
+def test_unlike_image_warns_and_a_held_out_scene_does_not(browser: Browser, tmp_path: Path,
+                                                           browser_run) -> None:
+    _guarded_run(browser_run)
+    browser.open("/segment")
+    _upload(browser, write_unlike(tmp_path / "stripes.png"))
+    browser.wait(lambda: browser.css("#ood-warning"), timeout=MODEL_TIMEOUT,
+                 what="the out-of-distribution warning")
+    warning = browser.css("#ood-warning")[0]
+    assert "unlike every tile the model was trained on: its mask is unreliable" in warning.text
+    assert "nearest training tiles are" in warning.text
+    # above the result: the warning comes before the stats of the upload
+    assert browser.js("var w = document.querySelector('#ood-warning'), "
+                      "s = document.querySelector('#segment-summary .stats');"
+                      "return w.getBoundingClientRect().top < s.getBoundingClientRect().top")
+    assert "trained on" in browser.css("#ood-line")[0].text
+    browser.shot("segment-ood-warning")
+    _upload(browser, write_held_out_scene(tmp_path / "held-out.png"))
+    browser.wait(lambda: "Segmented held-out.png" in browser.css("#segment-message")[0].text,
+                 timeout=MODEL_TIMEOUT, what="the held-out scene's result")
+    browser.wait(lambda: "out-of-distribution score" in browser.css("#ood-line")[0].text,
+                 what="the score line")
+    assert browser.css("#ood-warning") == []
+    assert "trained on" in browser.css("#ood-line")[0].text
+    assert browser.severe() == []

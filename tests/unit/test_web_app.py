@@ -91,6 +91,32 @@ def test_each_app_built_in_turn_has_every_callback_once(fixture_root) -> None:
         assert index.count("value.points.forEach") == 1  # the clientside selection callback
 
 
+def test_a_fresh_worker_serves_a_pages_scripts_fetched_all_at_once(fixture_root) -> None:
+    """Under ``--workers 2`` a page's HTML may come from one worker and its scripts, fetched
+    together, from the other, whose first requests they are. Dash's first-request set-up
+    registers the script paths and raced those fetches (404 for React: a blank page, seen in
+    CI); ``create_app`` now does the set-up before serving anything."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, _ = fixture_root
+    page = built_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    html = page.server.test_client().get("/").data.decode()
+    scripts = re.findall(r'src="(/_dash-component-suites/[^"]+)"', html)
+    assert any("/react@" in s for s in scripts)
+    from app.web.main import create_app
+
+    worker = create_app(embeddings_root=root, cache_config={"CACHE_TYPE": "SimpleCache"})
+    assert any("react@" in p for p in worker.registered_paths["dash"])  # before any request
+
+    def fetch(url: str) -> int:
+        return worker.server.test_client().get(url).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = dict(zip(scripts, pool.map(fetch, scripts), strict=True))
+    assert set(statuses.values()) == {200}, statuses
+
+
 def test_hover_over_http_returns_only_the_tooltip(client, fixture_root) -> None:
     root, run_id = fixture_root
     dep = next(d for d in _dependencies(client) if "explore-tooltip" in d["output"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import Any
 
@@ -103,3 +104,54 @@ def test_evaluate_callbacks(flask_app: Any) -> None:
         assert evp.update_metrics(None, 0.5)[0] is not None  # no_update
 
 
+
+
+def test_page_headline_is_the_whole_scene_score(flask_app: Any, tmp_path: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose dataset is on disk: cards, curves and groups show ``evaluate_dataset``'s
+    numbers (the CLI's), the per-tile table stays per tile."""
+    from app import config
+    from app.data.base import Scene
+    from app.data.dataset import write_dataset
+    from app.pipeline import run_embed
+
+    evp = sys.modules["app.web.pages.evaluate"]
+    rng = np.random.default_rng(3)
+    mask = np.zeros((56, 80), np.uint8)
+    mask[10:30, 20:50] = 1
+    image = rng.integers(0, 255, (56, 80, 3)).astype(np.uint8)
+    dataset = write_dataset([Scene("s0", "synthetic", image, mask, [], {"phase": "pre"})],
+                            tmp_path / "datasets" / "small", name="small", source="synthetic",
+                            tile_size=32, overlap=8, fractions=(1.0, 0.0, 0.0), progress=False)
+    monkeypatch.setattr(config, "DATASETS_DIR", dataset.parent)
+    root = runs.embeddings_root()
+    run_embed("fixture-model", dataset, "small-run", embeddings_root=root, progress=False)
+    try:
+        run = runs.get_run("small-run")
+        with flask_app.server.app_context():
+            info = runs.model_for(run)
+            score, key, note = evp.ensure_scene_score(run, info)
+            assert key and not note and score.n_pixels == 56 * 80
+            direct = scoring.evaluate_dataset(info.service, dataset, splits=None)
+            assert score.to_dict()["overall"] == direct.to_dict()["overall"]
+            assert evp.ensure_scene_score(run, info)[1] == key  # cached
+            monkeypatch.setattr(ev, "MAX_SCENE_TILES", 5)  # 6 tiles: too many to score here
+            assert ev.run_scene_evaluation(run, info.service) is None
+            _, subtitle, *_ = evp.evaluate_run(lambda _: None, "small-run")
+            assert subtitle.startswith("6 tiles") and "scene tiles are more than the page " \
+                "scores (5)" in subtitle
+            monkeypatch.setattr(ev, "MAX_SCENE_TILES", 4000)
+            progress: list[tuple] = []
+            ready, subtitle, empty, _, style = evp.evaluate_run(progress.append, "small-run")
+            assert ready["scene_key"] == key and empty is None and style == {}
+            assert subtitle.startswith("Scores: 1 whole scene (train, val, test) of dataset small")
+            assert "per-tile table: 6 tiles (all tiles with ground truth" in subtitle
+            assert subtitle.endswith(" · model fixture-model · its training data is not recorded")
+            out = evp.update_metrics(ready, 0.5)
+    finally:
+        shutil.rmtree(root / "small-run")
+    s = direct.scores(0.5)
+    cards = _json(out[0])
+    assert f"{s['f1']:.3f}" in cards and f"{s['iou']:.3f}" in cards and f"{56 * 80:,}" in cards
+    assert "summed over whole scenes" in _json(out[1]) and "Scenes" in _json(out[5])
+    assert len(out[7]) == 6  # the per-tile table is still per tile: 3 x 2 overlapping tiles

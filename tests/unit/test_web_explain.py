@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import numpy as np
+
 from app.web import runs
 from app.web.logic import explain as xp_logic
 from tests.unit.lens_helpers import (  # noqa: F401 - fixtures
@@ -28,7 +30,9 @@ def test_explain_callbacks(flask_app: Any) -> None:
         assert call(xp.channel_range, "enc1", run_id) == 15
         assert "fixture-model" in out[1].children  # the hash differs from the manifest's
         assert call(xp.search_tiles, tile[-6:], None, run_id)[0]["value"].endswith(tile[-6:])
-        fig, caption, truth = call(xp.show_image, "tile", tile, None, "box", {}, run_id)
+        fig, caption, truth, ood_line = call(xp.show_image, "tile", tile, None, "box", {}, run_id)
+        assert "model fixture-model" in _json(ood_line)
+        assert "its training data is not recorded" in _json(ood_line)
         layout = fig.to_plotly_json()["layout"]
         assert layout["images"][0]["source"].startswith(f"/img/{run_id}/image/")
         assert layout["dragmode"] == "drawrect" and "/true/" in _json(truth)
@@ -48,6 +52,28 @@ def test_explain_callbacks(flask_app: Any) -> None:
         assert data == {"box": [5.0, 9.0, 40.0, 30.0]} and "Box" in note
         tiles = call(xp.channel_tiles, 2, run_id)
         assert len(tiles) == xp_logic.N_CHANNEL_TILES and "/explain?" in _json(tiles[0])
+
+
+def test_explain_upload_says_what_the_model_was_trained_on(flask_app: Any) -> None:
+    """An upload gets the out-of-distribution verdict (here: the fixture run has no guard, so
+    the page says so) and the "trained on" line above the explanation."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    xp = sys.modules["app.web.pages.explain"]
+    run_id = runs.default_run_id()
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 48, 3), 120, np.uint8)).save(buf, "PNG")
+    contents = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    with flask_app.server.app_context():
+        key, msg = call(xp.take_upload, contents, "flat.png", run_id)
+        assert "flat.png" in _json(msg) and key["name"] == "flat.png"
+        out = call(xp.show_image, "upload", None, key, "image", {}, run_id)
+    text = _json(out[3])
+    assert "ood-line" in text and "no out-of-distribution guard" in text
+    assert "ood-warning" not in text
 
 
 def test_explain_page_helpers(flask_app: Any) -> None:

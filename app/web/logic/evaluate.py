@@ -13,6 +13,12 @@ pass runs once per model and run.
 are used; otherwise the run's stored JPEG tile and stored (thumbnail-size) truth mask, the
 probability map being area-averaged down to the mask's size (said on the page).
 
+**Whole scenes**: with the run's dataset on disk, the headline scores (cards, curves, confusion
+matrix, per-disaster table) come from :func:`app.ml.evaluate.evaluate_dataset` on its test
+scenes (all scenes when it has no test split): each scene stitched from its tiles and every scene
+pixel counted once, the very numbers ``python -m app evaluate`` prints. The per-tile table and
+the damage-class recall stay per tile. Without the dataset, everything is per tile.
+
 **Damage classes**: tiles store per-class building counts (``dmg_*``) but not which ground-truth
 instance has which class, so recall per damage class is approximated as the count-weighted mean
 of the tiles' building recall: ``sum_t dmg_c(t) · recall(t) / sum_t dmg_c(t)``.
@@ -26,7 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.ml.evaluate import Evaluation, building_index, evaluate_tiles, ratios, tile_confusion
+from app.ml.evaluate import (
+    BREAKDOWNS,
+    DatasetScore,
+    Evaluation,
+    building_index,
+    evaluate_dataset,
+    evaluate_tiles,
+    ratios,
+    tile_confusion,
+)
 from app.web import runs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,12 +50,70 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: At most this many tiles are evaluated (a seeded sample beyond); ``$UNET_LENS_EVAL_MAX_TILES``.
 MAX_TILES = int(os.environ.get("UNET_LENS_EVAL_MAX_TILES", "1000"))
+#: The whole-scene pass runs on the page only up to this many tiles (beyond, the page says to run
+#: ``python -m app evaluate``); ``$UNET_LENS_EVAL_MAX_SCENE_TILES``.
+MAX_SCENE_TILES = int(os.environ.get("UNET_LENS_EVAL_MAX_SCENE_TILES", "4000"))
 #: Part of the cache key: bumped when :class:`~app.ml.evaluate.Evaluation` changes.
 CACHE_VERSION = 2
 
 
 def cache_key(run_id: str, version: str, model_sha: str) -> str:
     return f"evaluation:{CACHE_VERSION}:{run_id}:{version}:{model_sha[:20]}"
+
+
+# --------------------------------------------------------------------------- whole scenes
+
+
+def scene_source(run: EmbeddingsRun, max_tiles: int | None = None
+                 ) -> tuple[Any, tuple[str, ...] | None, int] | None:
+    """``(dataset, splits, n tiles)`` the run's scenes are scored on (its test split, else every
+    split), or None when the run's dataset is not on disk or has no ground truth. ``n tiles``
+    above ``max_tiles`` (default :data:`MAX_SCENE_TILES`) means: too many to score here."""
+    dataset = runs.tile_dataset(run)
+    if dataset is None:
+        return None
+    table = dataset.table
+    labelled = table["has_mask"].astype(bool).to_numpy()
+    if not labelled.any():
+        return None
+    test = labelled & (table["split"].astype(str).to_numpy() == "test")
+    return dataset, (("test",) if test.any() else None), int((test if test.any() else
+                                                              labelled).sum())
+
+
+def scene_cache_key(dataset: Any, splits: tuple[str, ...] | None, model_sha: str) -> str:
+    stamp = str(dataset.manifest.get("created", ""))
+    return (f"scene-evaluation:{CACHE_VERSION}:{dataset.path}:{stamp}:"
+            f"{','.join(splits or ('all',))}:{model_sha[:20]}")
+
+
+def run_scene_evaluation(
+    run: EmbeddingsRun, service: ModelService,
+    progress: Callable[[int, int], object] | None = None,
+) -> DatasetScore | None:
+    """The run's scenes scored whole by :func:`app.ml.evaluate.evaluate_dataset` (the CLI's
+    function), or None without the dataset on disk or with more than :data:`MAX_SCENE_TILES`
+    tiles to score."""
+    source = scene_source(run)
+    if source is None or source[2] > MAX_SCENE_TILES:
+        return None
+    dataset, splits, _ = source
+    return evaluate_dataset(service, dataset.path, splits=splits, progress=progress)
+
+
+def scene_group_rows(score: DatasetScore, threshold: float,
+                     column: str = "disaster") -> list[dict[str, Any]]:
+    """:func:`group_rows`' rows from whole scenes (``tiles`` holds the number of scenes)."""
+    if column not in (*BREAKDOWNS, "split"):
+        return []
+    rows = []
+    for value, s in score.breakdown(column, threshold).items():
+        b = s["building"]
+        rows.append({column: value, "tiles": s["scenes"],
+                     **{f"px_{k}": s[k] for k in ("precision", "recall", "f1", "iou")},
+                     **{f"b_{k}": b[k] for k in ("precision", "recall", "f1")},
+                     "b_true": b["tp"] + b["fn"]})
+    return rows
 
 
 
@@ -185,6 +258,7 @@ def damage_rows(ev: Evaluation, run: EmbeddingsRun, threshold: float) -> list[di
 
 
 __all__ = [
-    "MAX_TILES", "TABLE_COLUMNS", "cache_key", "damage_rows", "evaluation_tiles", "group_rows",
-    "run_evaluation", "tile_rows",
+    "MAX_SCENE_TILES", "MAX_TILES", "TABLE_COLUMNS", "cache_key", "damage_rows", "evaluation_tiles", "group_rows",
+    "run_evaluation", "run_scene_evaluation", "scene_cache_key", "scene_group_rows",
+    "scene_source", "tile_rows",
 ]

@@ -18,6 +18,7 @@ from app.ml import registry
 from app.web import components, ids, images, runs
 from app.web.cache import cache
 from app.web.images import img_url
+from app.web.logic import ood as ood_logic
 
 TARGETS: dict[str, str] = {
     "predicted": "Predicted mask",
@@ -142,13 +143,45 @@ def load_image(run: Any, source: str, tile: str | None, upload: dict | None
         stored = cache.get(f"explain-upload:{key}") if key else None
         if stored is None:
             return None, {"message": "Upload an image to explain (PNG, JPEG, TIFF, BMP or WebP)."}
-        return stored["image"], {"kind": "upload", "key": key, "name": stored["name"]}
+        return stored["image"], {"kind": "upload", "key": key, "name": stored["name"],
+                                 "ood": stored.get("ood")}
     if run is None or not tile or tile not in run.index:
         return None, {"message": "Pick a tile to explain."}
     image = runs.tile_image(run, tile)
     if image is None:
         return None, {"message": f"Tile {tile} has no stored image."}
     return image, {"kind": "tile", "tile": tile}
+
+
+def upload_verdict(run: Any, info: runs.ModelInfo, image: np.ndarray) -> dict[str, Any]:
+    """The out-of-distribution verdict on an uploaded image (``app.web.logic.ood``), or what
+    the page can say without a model."""
+    if not info.ok:
+        return {"available": False, "trained_on": ood_logic.trained_on(info.run_id),
+                "message": info.message or "No model to compare the image with."}
+    return ood_logic.check_image(run, info.service, image)
+
+
+def ood_verdict(run: Any, desc: dict[str, Any]) -> dict[str, Any] | None:
+    """What the page says above an explained image: the upload's stored verdict, or for a
+    stored tile what the model was trained on and the tile's stored score."""
+    if desc.get("kind") == "upload":
+        return desc.get("ood")
+    if run is None or desc.get("kind") != "tile":
+        return None
+    out: dict[str, Any] = {"available": False, "trained_on": ood_logic.trained_on(
+        runs.model_run_for(run)), "message": ""}
+    tiles = run.tiles
+    if "ood_score" in tiles and desc["tile"] in run.index:
+        score = float(tiles["ood_score"].iat[run.index[desc["tile"]]])
+        pct = float(((run.manifest.get("ood") or {}).get("params") or {}).get("percentile", 99))
+        out.update(available=True, score=score, percentile=pct, ood=score > pct)
+        if score > pct:
+            out["message"] = (f"{ood_logic.WARNING} Stored tile {desc['tile']} is farther from "
+                              f"the training tiles than {pct:g} % of held-out tiles (score "
+                              f"{score:.1f}); its nearest training tile is "
+                              f"{tiles['ood_nearest'].iat[run.index[desc['tile']]]}.")
+    return out
 
 
 def explain_outputs(run: Any, info: runs.ModelInfo, image: np.ndarray, desc: dict[str, Any],

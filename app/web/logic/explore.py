@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CSV_COLUMNS = (
     "tile_id", "scene_id", "split", "phase", "disaster", "source", "cluster", "iou", "precision",
-    "recall", "f1", "true_fraction", "pred_fraction", "building_count",
+    "recall", "f1", "true_fraction", "pred_fraction", "building_count", "ood_score",
 )
 
 

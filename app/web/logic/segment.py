@@ -33,6 +33,7 @@ from app.ml.inference import (
 from app.ml.metrics import count_buildings
 from app.web import gate, images, runs, uploads
 from app.web.cache import cache
+from app.web.logic import ood as ood_logic
 from app.web.logic.tiles import (
     ColourSpec,
     available_methods,
@@ -90,6 +91,8 @@ class SegmentResult:
     cached: bool
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     placement: dict[str, Any] = field(default_factory=dict)
+    #: ``app.web.logic.ood.check_image``: the out-of-distribution verdict and "trained on".
+    ood: dict[str, Any] = field(default_factory=dict)
 
 
 def small_copy(image: np.ndarray, max_side: int = EXPLAIN_MAX_SIDE) -> np.ndarray:
@@ -199,6 +202,9 @@ def analyse(upload: uploads.Upload, run: Any, service: Any,
         if progress:
             progress(1, 1, "Placing on the maps")
         placement = place_upload(run, service, small)
+    if progress:
+        progress(1, 1, "Comparing with the training tiles")
+    verdict = ood_logic.check_image(run, service, small)
     disp = images.fit_display(image)
     cache.set(cache_key(key), {"image": small, "mask_png": images.png_bytes(mask),
                                         "name": upload.name}, timeout=CACHE_TIMEOUT)
@@ -208,6 +214,7 @@ def analyse(upload: uploads.Upload, run: Any, service: Any,
         n_buildings=int(count.n), building_pixels=int(np.count_nonzero(mask)),
         mean_area=float(areas.mean()) if len(areas) else 0.0, seconds=seconds,
         device=service.device, cached=hit, baselines=base, placement=placement,
+        ood=verdict,
     )
 
 

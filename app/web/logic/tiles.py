@@ -46,6 +46,7 @@ COLOUR_OPTIONS: dict[str, tuple[str, str]] = {
     "iou": ("IoU", "continuous"),
     "silhouette": ("Silhouette", "continuous"),
     "split": ("Split", "categorical"),
+    "ood_score": ("Out-of-distribution score (percentile)", "continuous"),
 }
 
 # --------------------------------------------------------------------------- maps
@@ -210,6 +211,8 @@ def colour_spec(
     if key in ("true_fraction", "pred_fraction", "iou"):
         lo, hi = 0.0, max(hi, 1e-6) if key != "iou" else 1.0
         tickformat = ".0%" if key != "iou" else ".2f"
+    if key == "ood_score":
+        lo, hi, colorscale, tickformat = 0.0, 100.0, "Cividis", ".0f"
     if key == "silhouette":
         bound = max(abs(lo), abs(hi), 1e-6)
         lo, hi, colorscale = -bound, bound, "RdBu"
@@ -265,11 +268,11 @@ def tile_record(tiles: pd.DataFrame, row: int) -> dict[str, Any]:
     """One tile's id, metadata, metrics and damage counts (JSON-friendly, NaN → None)."""
     rec = tiles.iloc[int(row)]
     out: dict[str, Any] = {"tile_id": str(rec["tile_id"]), "row": int(row)}
-    for col in ("scene_id", "split", "phase", "disaster", "source"):
+    for col in ("scene_id", "split", "phase", "disaster", "source", "ood_nearest"):
         if col in tiles and rec[col] is not None and rec[col] == rec[col]:
             out[col] = str(rec[col])
     for col in ("iou", "precision", "recall", "f1", "true_fraction", "pred_fraction",
-                "silhouette"):
+                "silhouette", "ood_score"):
         if col in tiles:
             out[col] = _num(rec[col])
     for col in ("building_count", "pred_building_count", "cluster"):

@@ -4,10 +4,15 @@ On the first visit for a (run, model) the model runs once over the evaluation ti
 background callback with a progress bar (:func:`app.web.logic.evaluate.run_evaluation`); the
 counts it keeps are cached, so every later visit and every threshold is instant. Shown at the
 threshold slider's value: pixel precision, recall, F1 and IoU, building-level precision /
-recall / F1 at IoU ≥ 0.5 (summed over tiles), the PR curve, IoU and F1 vs threshold, the pixel
+recall / F1 at IoU ≥ 0.5, the PR curve, IoU and F1 vs threshold, the pixel
 confusion matrix, scores per disaster, approximate building recall per damage class, and a
 sortable, filterable per-tile table (dash-ag-grid); clicking a row shows the tile with its TP / FP / FN
 overlay (``metrics.error_overlay`` colours).
+
+With the run's dataset on disk the headline scores (cards, curves, confusion matrix, per-disaster
+table) are those of whole scenes, every scene pixel once, from the same function as
+``python -m app evaluate`` (:func:`app.web.logic.evaluate.run_scene_evaluation`); the per-tile
+table and damage recall stay per tile.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from app.web.background import MANAGER
 from app.web.cache import cache
 from app.web.images import img_url
 from app.web.logic import evaluate as ev
+from app.web.logic import ood as ood_logic
 
 dash.register_page(__name__, path="/evaluate", name="Evaluate", title="Evaluate · U-Net Lens",
                    order=3)
@@ -38,12 +44,12 @@ GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": False}
 # --------------------------------------------------------------------------- plain helpers
 
 
-def load(ready: dict | None) -> scoring.Evaluation | None:
-    """The cached evaluation named by the ready-store, or None."""
-    if not isinstance(ready, dict) or not ready.get("key"):
+def load(ready: dict | None, key: str = "key", kind: type = scoring.Evaluation) -> Any:
+    """The cached evaluation (``kind``) the ready-store names under ``key``, or None."""
+    if not isinstance(ready, dict) or not ready.get(key):
         return None
-    value = cache.get(ready["key"])
-    return value if isinstance(value, scoring.Evaluation) else None
+    value = cache.get(ready[key])
+    return value if isinstance(value, kind) else None
 
 
 def ensure_evaluation(run: Any, info: runs.ModelInfo, progress: Any = None
@@ -60,7 +66,30 @@ def ensure_evaluation(run: Any, info: runs.ModelInfo, progress: Any = None
     return result
 
 
-def metric_cards(ev_: scoring.Evaluation, threshold: float) -> list[Any]:
+def ensure_scene_score(run: Any, info: runs.ModelInfo, progress: Any = None
+                       ) -> tuple[scoring.DatasetScore | None, str | None, str]:
+    """``(score, cache key, note)`` of the run's whole scenes (cached); ``(None, None, "")``
+    when its dataset is not on disk, ``(None, None, why)`` when it has too many tiles."""
+    source = ev.scene_source(run)
+    if source is None:
+        return None, None, ""
+    if source[2] > ev.MAX_SCENE_TILES:
+        return None, None, (f"scores per tile: the dataset's {source[2]:,} scene tiles are more "
+                            f"than the page scores ({ev.MAX_SCENE_TILES:,}); `python -m app "
+                            "evaluate` scores the whole scenes")
+    key = ev.scene_cache_key(source[0], source[1], info.service.sha256)
+    found = cache.get(key)
+    if isinstance(found, scoring.DatasetScore):
+        return found, key, ""
+    score = ev.run_scene_evaluation(run, info.service, progress)
+    cache.set(key, score)
+    return score, key, ""
+
+
+Headline = scoring.Evaluation | scoring.DatasetScore
+
+
+def metric_cards(ev_: Headline, threshold: float) -> list[Any]:
     """Pixel scores and counts at the threshold."""
     s = scoring.pixel_summary(ev_, threshold)
     total = max(1, s["tp"] + s["fp"] + s["fn"] + s["tn"])
@@ -87,10 +116,11 @@ def _card(label: str, value: float, note: str) -> html.Div:
     ], className="metric-card")
 
 
-def building_cards(ev_: scoring.Evaluation, threshold: float) -> html.Div:
+def building_cards(ev_: Headline, threshold: float) -> html.Div:
     """Building-level scores (IoU ≥ 0.5 matching) at the nearest stored threshold."""
     b = scoring.building_summary(ev_, threshold)
-    note = (f"instances matched one-to-one at IoU ≥ {scoring.BUILDING_IOU}, summed over tiles; "
+    over = "whole scenes" if isinstance(ev_, scoring.DatasetScore) else "tiles"
+    note = (f"instances matched one-to-one at IoU ≥ {scoring.BUILDING_IOU}, summed over {over}; "
             f"at threshold {b['threshold']:.1f}")
     if abs(b["threshold"] - threshold) > 0.005:
         note += f" (nearest of {', '.join(f'{t:.1f}' for t in scoring.BUILDING_THRESHOLDS)})"
@@ -107,11 +137,12 @@ def building_cards(ev_: scoring.Evaluation, threshold: float) -> html.Div:
     ])
 
 
-def group_table(rows: list[dict[str, Any]], column: str = "disaster") -> Any:
-    """Per-disaster scores as a small HTML table."""
+def group_table(rows: list[dict[str, Any]], column: str = "disaster",
+                count: str = "Tiles") -> Any:
+    """Per-disaster scores as a small HTML table (``count``: what the ``tiles`` key counts)."""
     if not rows:
         return components.empty_state("No groups", f"The tiles have no “{column}” column.")
-    head = html.Thead(html.Tr([html.Th(column.capitalize()), html.Th("Tiles"),
+    head = html.Thead(html.Tr([html.Th(column.capitalize()), html.Th(count),
                                html.Th("Px P"), html.Th("Px R"), html.Th("Px F1"),
                                html.Th("Px IoU"), html.Th("Bldg P"), html.Th("Bldg R"),
                                html.Th("Bldg F1"), html.Th("Bldg")]))
@@ -290,12 +321,27 @@ def evaluate_run(set_progress: Any, run_id: str | None) -> tuple:
                                              f"tiles… {done:,}/{total:,}"))
 
     result = ensure_evaluation(run, info, progress)
+
+    def scene_progress(done: int, total: int) -> None:
+        set_progress((str(done), str(total), f"Scoring the whole scenes of the run's dataset "
+                                             f"(each pixel once)… {done:,}/{total:,} tiles"))
+
+    scenes, scene_key, note = ensure_scene_score(run, info, scene_progress)
     subtitle = (f"{len(result.tile_ids):,} tiles ({result.source}) of {run.run_id} · model "
                 f"{result.model_run} · scored at {result.resolution} · one pass in "
                 f"{result.seconds:,.1f} s ({result.device}), cached")
+    if scenes is not None:
+        n = len(scenes.scene_ids)
+        subtitle = (f"Scores: {n:,} whole scene{'' if n == 1 else 's'} "
+                    f"({', '.join(scenes.splits)}) of dataset {scenes.dataset_name}, every scene "
+                    "pixel once, as `python -m app evaluate` prints them · per-tile table: "
+                    + subtitle)
+    elif note:
+        subtitle += f" · {note}"
+    subtitle += f" · {ood_logic.trained_on(result.model_run)}"
     warning = components.message(info.warning, "warn") if info.warning else None
     ready = {"key": ev.cache_key(run.run_id, result.version, result.model_sha),
-             "run": run.run_id}
+             "run": run.run_id, "scene_key": scene_key}
     return ready, subtitle, None, warning, {}
 
 
@@ -328,10 +374,14 @@ def update_metrics(ready: dict | None, threshold: float | None) -> tuple:
             "count-weighted mean of its tiles' building recall.")
     if result.skipped:
         note += f" {len(result.skipped):,} tiles without a stored image were skipped."
-    pixel = scoring.pixel_summary(result, t)
-    return (metric_cards(result, t), building_cards(result, t),
-            figures.pr_figure(result, t, GRAPH_HEIGHT), figures.threshold_figure(result, t, GRAPH_HEIGHT),
-            figures.confusion_figure(pixel, GRAPH_HEIGHT), group_table(ev.group_rows(result, run, t)),
+    scenes = load(ready, "scene_key", scoring.DatasetScore)
+    head: Headline = scenes if scenes is not None else result
+    groups = (group_table(ev.scene_group_rows(scenes, t), count="Scenes") if scenes is not None
+              else group_table(ev.group_rows(result, run, t)))
+    pixel = scoring.pixel_summary(head, t)
+    return (metric_cards(head, t), building_cards(head, t),
+            figures.pr_figure(head, t, GRAPH_HEIGHT), figures.threshold_figure(head, t, GRAPH_HEIGHT),
+            figures.confusion_figure(pixel, GRAPH_HEIGHT), groups,
             [damage_view, html.Div(note, className="panel-foot")] if damage else damage_view,
             ev.tile_rows(result, run, t))
 

@@ -90,6 +90,7 @@ def layout(tile: str | None = None, **_: Any) -> html.Div:
                 "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"]},
         style={"height": f"{IMAGE_HEIGHT}px"})
     results = html.Div([
+        html.Div(id=ids.XP_OOD),
         html.Div([
             components.panel("Image", image_graph, cls="image-panel",
                           hint=html.Span("", id=f"{ids.XP_IMAGE_FIG}-caption")),
@@ -183,7 +184,8 @@ def setup(run_id: str | None, layer: str | None) -> tuple:
     if empty is not None:
         return ("", None, empty, components.HIDDEN, [], None, [], 0, "")
     layers = info.service.conv_layers()
-    layer = layer if layer in layers else ("bottleneck" if "bottleneck" in layers else layers[-1])
+    default = info.service.default_layer  # bottleneck, or an imported model's embedding layer
+    layer = layer if layer in layers else (default if default in layers else layers[-1])
     version = runs.run_version(run)
     cards = [components.tile_card(run.run_id, version, t, html.Span(note, className="card-note"),
                              cls="lens-card",
@@ -273,17 +275,22 @@ def control_visibility(source: str, method: str, target: str) -> tuple:
     Output(ids.XP_UPLOAD_MSG, "children"),
     Input(ids.XP_UPLOAD, "contents"),
     State(ids.XP_UPLOAD, "filename"),
+    State(ids.RUN, "value"),
     prevent_initial_call=True,
 )
-def take_upload(contents: Any, filename: Any) -> tuple:
-    """Decode and check an uploaded image (≤1024 px copy kept in the shared cache)."""
+def take_upload(contents: Any, filename: Any, run_id: str | None) -> tuple:
+    """Decode and check an uploaded image (≤1024 px copy kept in the shared cache, with the
+    out-of-distribution verdict on it)."""
     try:
         up = uploads.parse_upload(contents, filename)
     except uploads.UploadError as exc:
         return no_update, components.message(str(exc))
     small = small_copy(up.image, xp.MAX_SIDE)
     key = image_sha256(small)
-    cache.set(f"explain-upload:{key}", {"image": small, "name": up.name}, timeout=3600)
+    run = runs.get_run(run_id)
+    verdict = xp.upload_verdict(run, runs.model_for(run), small)
+    cache.set(f"explain-upload:{key}", {"image": small, "name": up.name, "ood": verdict},
+              timeout=3600)
     notes = up.describe()
     if small.shape != up.image.shape:
         notes.append(f"explained at {small.shape[1]}×{small.shape[0]}")
@@ -295,6 +302,7 @@ def take_upload(contents: Any, filename: Any) -> tuple:
     Output(ids.XP_IMAGE_FIG, "figure"),
     Output(f"{ids.XP_IMAGE_FIG}-caption", "children"),
     Output(ids.XP_TRUTH, "children"),
+    Output(ids.XP_OOD, "children"),
     Input(ids.XP_SOURCE, "value"),
     Input(ids.XP_TILE, "value"),
     Input(ids.XP_UPLOAD_KEY, "data"),
@@ -304,12 +312,13 @@ def take_upload(contents: Any, filename: Any) -> tuple:
 )
 def show_image(source: str, tile: str | None, upload: dict | None, target: str,
                target_data: dict | None, run_id: str | None) -> tuple:
-    """The picked image (box drawing / pixel clicking) and its ground truth."""
+    """The picked image (box drawing / pixel clicking), its ground truth, and above them what
+    the model was trained on with the image's out-of-distribution verdict."""
     run = runs.get_run(run_id)
     image, desc = xp.load_image(run, source, tile, upload)
     if image is None:
         return (figures.empty_figure(desc["message"], IMAGE_HEIGHT), "image",
-                components.placeholder("ground truth"))
+                components.placeholder("ground truth"), None)
     h, w = image.shape[:2]
     if desc["kind"] == "tile":
         src = img_url(run.run_id, "image", desc["tile"], runs.run_version(run))
@@ -320,7 +329,7 @@ def show_image(source: str, tile: str | None, upload: dict | None, target: str,
     hint = {"box": " · drag to draw a box", "pixel": " · click a pixel"}.get(target, "")
     return (figures.image_figure(src, w, h, target, target_data), [caption, html.Span(hint, className=
                                                                                 "fig-note")],
-            xp.truth_figure(run, desc))
+            xp.truth_figure(run, desc), components.ood_block(xp.ood_verdict(run, desc)))
 
 
 @callback(
@@ -466,7 +475,7 @@ def activation_maximisation(set_progress: Any, n_clicks: int, channel: Any,
     info = runs.model_for(run)
     if run is None or not info.ok:
         return no_update, components.message(info.message or "No run.")
-    layer = run.layer if run.layer in info.service.conv_layers() else "bottleneck"
+    layer = run.layer if run.layer in info.service.conv_layers() else info.service.default_layer
     try:
         ch = int(channel)
     except (TypeError, ValueError):

@@ -33,6 +33,7 @@ from dash import (
 from app.ml import registry
 from app.web import components, figures, ids, runs, theme
 from app.web.logic import explore
+from app.web.logic import ood as ood_logic
 from app.web.logic import tiles as tile_logic
 
 dash.register_page(__name__, path="/", name="Explore", title="Explore · U-Net Lens", order=0)
@@ -158,7 +159,8 @@ def run_controls(run_id: str | None, colour: str | None, method: str | None) -> 
     problem = components.vectors_problem(run)
     dims = f"{run.vectors.shape[1]}-d " if problem is None else ""
     subtitle = (f"{len(tiles):,} tiles · {dims}{run.manifest.get('representation', '')} vectors "
-                f"of layer “{run.layer}” · model {run.manifest.get('model_run', '?')}")
+                f"of layer “{run.layer}” · "
+                f"{ood_logic.trained_on(run.manifest.get('model_run'))}")
     note = None if problem is None else components.message(
         f"{problem} The maps work; nearest neighbours need the vectors (rebuild them with "
         f"python -m app embed).", "warn")

@@ -51,6 +51,7 @@ def summary_block(res: seg.SegmentResult) -> html.Div:
     how = seg.tiling_description(res.width, res.height)
     chips = [html.Span(n, className="chip chip-note") for n in res.notes]
     return html.Div([
+        *components.ood_block(res.ood),
         html.Div([html.Span(res.name, className="result-name"),
                   html.Span(f"{res.width:,} × {res.height:,} px", className="chip"),
                   *chips], className="result-head"),
@@ -252,10 +253,10 @@ def upload_gradcam(result: dict | None, run_id: str | None) -> Any:
     info = runs.model_for(runs.get_run(run_id))
     if not stored or not info.ok:
         return components.placeholder("Grad-CAM (bottleneck)", "unavailable: upload the image again")
-    out = info.service.explain(stored["image"], "seg-grad-cam", layer="bottleneck",
-                               target="predicted")
+    layer = info.service.default_layer  # bottleneck, or an imported model's embedding layer
+    out = info.service.explain(stored["image"], "seg-grad-cam", layer=layer, target="predicted")
     res = out.result
-    caption = "Grad-CAM (bottleneck)"
+    caption = f"Grad-CAM ({layer})"
     timing = components.timing_text(out.ms, out.device, out.cached, out.compute_ms)
     if res.empty:
         return components.placeholder(caption, res.message)
