@@ -158,17 +158,16 @@ def create_app(
 def _finish_dash_setup(app: Dash) -> None:
     """Run Dash's first-request set-up now, before any request is accepted.
 
-    Dash registers the script paths it will serve (and takes the pages' callbacks) in a
-    ``before_request`` hook of the first request, and flags that done *before* doing it. In a
-    threaded worker the first requests come together (a page fetches a dozen scripts at once),
-    so the others skipped the set-up while it ran and got 404 for React: a blank page for the
-    first visitor of each ``--workers 2`` worker after every start. One request here, at worker
-    start-up, leaves nothing to race.
+    Dash registers the script paths it will serve, takes the pages' callbacks and adds the
+    pages' router in ``before_request`` hooks of the first request, and flags each done
+    *before* doing it. In a threaded worker the first requests come together (a page fetches a
+    dozen scripts at once), so the others skipped the set-up while it ran and got 404 for
+    React: a blank page for the first visitor of each ``--workers 2`` worker after every start.
+    Running the hooks here, in a request context but outside any request (Flask stays open to
+    set-up calls such as ``add_url_rule``), leaves nothing to race.
     """
-    response = app.server.test_client().get("/_dash-dependencies")
-    if response.status_code != 200:
-        raise RuntimeError(f"Dash's set-up request answered {response.status_code}: "
-                           f"{response.get_data(as_text=True)[:300]}")
+    with app.server.test_request_context("/_dash-dependencies"):
+        app.server.preprocess_request()
 
 
 def _get_default_app() -> Dash:
